@@ -1,0 +1,45 @@
+// Argument checks shared by the CPU kernels: the messages name the argument and its shape.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <cmath>
+#include <string>
+
+namespace patchvq::cpu {
+
+enum class Metric { L2, Cosine };
+
+inline Metric parse_metric(c10::string_view metric) {
+  if (metric == "l2") return Metric::L2;
+  if (metric == "cosine") return Metric::Cosine;
+  TORCH_CHECK(false, "patchvq: metric must be \"l2\" or \"cosine\", got \"", std::string(metric), "\"");
+}
+
+// True when every one of the n values at data is finite; threads over the values.
+template <typename scalar_t>
+bool all_finite(const scalar_t* data, int64_t n) {
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
+    bool local = true;
+    for (int64_t i = begin; i < end; ++i) local &= std::isfinite(data[i]);
+    if (!local) ok.store(false, std::memory_order_relaxed);
+  });
+  return ok.load();
+}
+
+inline void check_float_matrix(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2, "patchvq: ", name, " must be 2-D [rows, D], got shape ", t.sizes());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "patchvq: ", name, " must be a floating tensor, got ",
+              t.scalar_type());
+}
+
+template <typename scalar_t>
+void check_finite(const at::Tensor& contiguous, const char* name) {
+  TORCH_CHECK(all_finite(contiguous.data_ptr<scalar_t>(), contiguous.numel()), "patchvq: ", name,
+              " contains NaN or Inf (shape ", contiguous.sizes(), ")");
+}
+
+}  // namespace patchvq::cpu

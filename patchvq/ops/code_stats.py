@@ -1,0 +1,25 @@
+"""Public code_stats: per-code counts and sums for EMA updates, without an N x K one-hot."""
+
+import torch
+
+from patchvq.ops import backend, native, validate
+
+
+def code_stats(x: torch.Tensor, index: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count float[K], sum float[K, D]) of the rows of x[N, D] assigned to each code by index int64[N].
+
+    A negative index leaves its row out (masked positions). Outputs are float32 (float64 for
+    float64 x). No gradient flows through the statistics.
+    """
+    validate.code_stats(x, index, num_codes)
+    return backend.implementation("code_stats", x.device)(x, index, num_codes)
+
+
+def fake(x, index, num_codes):
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.new_empty(num_codes, dtype=acc), x.new_empty(num_codes, x.shape[1], dtype=acc)
+
+
+@native.on_load
+def _register() -> None:
+    torch.library.register_fake("patchvq::code_stats", fake)

@@ -1,0 +1,94 @@
+"""Shape, dtype and device checks run before any kernel; each error names the argument."""
+
+import torch
+
+from patchvq.reference.nearest_code import METRICS
+
+
+def floating(t: torch.Tensor, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"patchvq: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"patchvq: {name} must be a floating-point tensor, got {t.dtype}")
+
+
+def matrix(t: torch.Tensor, name: str) -> None:
+    floating(t, name)
+    if t.dim() != 2:
+        raise ValueError(f"patchvq: {name} must be 2-D [rows, D], got shape {tuple(t.shape)}")
+
+
+def same_device(*named: tuple[str, torch.Tensor]) -> None:
+    devices = {t.device for _, t in named}
+    if len(devices) > 1:
+        listing = ", ".join(f"{n} on {t.device}" for n, t in named)
+        raise ValueError(f"patchvq: tensors must be on one device, got {listing}")
+
+
+def metric(value: str) -> None:
+    if value not in METRICS:
+        raise ValueError(f"patchvq: metric must be one of {METRICS}, got {value!r}")
+
+
+def codebook(x_dim: int, cb: torch.Tensor, x_name: str = "x") -> None:
+    """A non-empty [K, D] floating codebook whose D matches the inputs' D."""
+    matrix(cb, "codebook")
+    if cb.shape[0] == 0:
+        raise ValueError(f"patchvq: codebook is empty (shape {tuple(cb.shape)})")
+    if cb.shape[1] != x_dim:
+        raise ValueError(f"patchvq: {x_name} has D={x_dim} but codebook has D={cb.shape[1]}")
+
+
+def nearest_code(x: torch.Tensor, cb: torch.Tensor, metric_name: str) -> None:
+    """Arguments of nearest_code: x[N, D] and codebook[K, D], floating, on one device."""
+    matrix(x, "x")
+    codebook(x.shape[1], cb)
+    same_device(("x", x), ("codebook", cb))
+    metric(metric_name)
+
+
+def code_stats(x: torch.Tensor, index: torch.Tensor, num_codes: int) -> None:
+    """Arguments of code_stats: x[N, D] floating, index int64[N], num_codes >= 1."""
+    matrix(x, "x")
+    if not isinstance(index, torch.Tensor) or index.dtype != torch.int64:
+        raise TypeError(f"patchvq: index must be an int64 tensor, got {getattr(index, 'dtype', type(index))}")
+    if index.dim() != 1 or index.shape[0] != x.shape[0]:
+        raise ValueError(f"patchvq: index must be [N] with N={x.shape[0]} (x {tuple(x.shape)}), got {tuple(index.shape)}")
+    if not isinstance(num_codes, int) or num_codes < 1:
+        raise ValueError(f"patchvq: num_codes must be a positive int, got {num_codes!r}")
+    same_device(("x", x), ("index", index))
+
+
+def patch_levels(levels: list[torch.Tensor], choice: torch.Tensor, cb: torch.Tensor, metric_name: str) -> list[int]:
+    """Arguments of patch_assign; returns each level's stride relative to the finest."""
+    if not isinstance(levels, (list, tuple)) or not levels:
+        raise ValueError("patchvq: levels must be a non-empty list of [B, D, H_l, W_l] tensors")
+    for i, lv in enumerate(levels):
+        floating(lv, f"levels[{i}]")
+        if lv.dim() != 4:
+            raise ValueError(f"patchvq: levels[{i}] must be 4-D [B, D, H, W], got shape {tuple(lv.shape)}")
+    batch, dim, fine_h, fine_w = levels[0].shape
+    factors = []
+    for i, lv in enumerate(levels):
+        b, d, h, w = lv.shape
+        if (b, d) != (batch, dim):
+            raise ValueError(f"patchvq: levels[{i}] has B, D = {b}, {d} but levels[0] has {batch}, {dim}")
+        if h == 0 or w == 0 or fine_h % h or fine_w % w or fine_h // h != fine_w // w:
+            raise ValueError(
+                f"patchvq: levels[{i}] grid {h}x{w} does not divide the finest grid {fine_h}x{fine_w} evenly"
+            )
+        factor = fine_h // h
+        if factor & (factor - 1):
+            raise ValueError(f"patchvq: levels[{i}] stride is {factor}x the finest, not a power of two")
+        if factors and factor <= factors[-1]:
+            raise ValueError(f"patchvq: levels must be ordered finest first; levels[{i}] is not coarser than levels[{i-1}]")
+        factors.append(factor)
+    codebook(dim, cb, "levels")
+    metric(metric_name)
+    if not isinstance(choice, torch.Tensor) or choice.is_floating_point() or choice.is_complex() or choice.dtype == torch.bool:
+        raise TypeError(f"patchvq: choice must be an integer tensor, got {getattr(choice, 'dtype', type(choice))}")
+    coarse = tuple(levels[-1].shape[2:])
+    if tuple(choice.shape) != (batch, *coarse):
+        raise ValueError(f"patchvq: choice must be [B, Hc, Wc] = {(batch, *coarse)}, got {tuple(choice.shape)}")
+    same_device(*[(f"levels[{i}]", lv) for i, lv in enumerate(levels)], ("choice", choice), ("codebook", cb))
+    return factors
