@@ -4,9 +4,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from search_oracle import assert_nearest, exact_distances
 
 import patchvq
-from search_oracle import assert_nearest, exact_distances
 from patchvq import reference
 
 # The Triton interpreter runs a kernel element by element: keep its searches small.
@@ -74,7 +74,9 @@ def test_exact_ties_go_to_smallest_index(kernel_backend, device, d):
     index, distance = patchvq.nearest_code(x, codebook)
     expected = exact_distances(x, codebook, "l2").argmin(1)  # first minimum
     assert torch.equal(index.cpu(), expected)
-    torch.testing.assert_close(distance.cpu().double(), exact_distances(x, codebook, "l2").min(1).values.float().double())
+    torch.testing.assert_close(
+        distance.cpu().double(), exact_distances(x, codebook, "l2").min(1).values.float().double()
+    )
 
 
 def test_repeated_codes_tie_to_first_copy_under_cosine(kernel_backend, device):
@@ -181,12 +183,12 @@ def test_opcheck(kernel_backend, device):
         torch.library.opcheck(torch.ops.patchvq.nearest_code.default, (x, codebook, metric, True))
 
 
-def test_gradients_in_float64(kernel_backend, device):
+@pytest.mark.parametrize("metric", METRICS)
+def test_gradients_in_float64(kernel_backend, device, metric):
     x, codebook = random_case(12, 7, 5, 1.0, 9, device)
-    for metric in METRICS:
-        xs = x.double().requires_grad_()
-        cb = codebook.double().requires_grad_()
-        assert torch.autograd.gradcheck(lambda a, b: patchvq.nearest_code(a, b, metric)[1], (xs, cb))
+    xs = x.double().requires_grad_()
+    cb = codebook.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: patchvq.nearest_code(a, b, metric)[1], (xs, cb))
 
 
 def test_oracle_rejects_a_wrong_answer():
