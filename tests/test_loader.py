@@ -48,7 +48,7 @@ def run_python(code_or_args, tmp_path: Path, extra_env: dict | None = None, time
     env.update(extra_env or {})
     args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
     return subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout
+        [sys.executable, *args], check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout
     )
 
 
