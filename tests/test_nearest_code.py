@@ -79,6 +79,20 @@ def test_exact_ties_go_to_smallest_index(kernel_backend, device, d):
     )
 
 
+def test_many_code_blocks_keep_order_and_ties(kernel_backend, device):
+    # D=256 and K=700 span several L2-sized code blocks in the CPU kernel; the second half
+    # repeats the first, so every row ties across blocks and must keep the first copy.
+    g = torch.Generator().manual_seed(11)
+    base = torch.randint(-1, 2, (350, 256), generator=g).float()
+    codebook = torch.cat([base, base]).to(device)
+    n = 4 if kernel_backend == "triton" else 60
+    x = torch.randint(-2, 3, (n, 256), generator=g).float().to(device)
+    index, distance = patchvq.nearest_code(x, codebook)
+    exact = exact_distances(x, codebook, "l2")
+    assert torch.equal(index.cpu(), exact.argmin(1))
+    assert torch.equal(distance.cpu().double(), exact.min(1).values)
+
+
 def test_repeated_codes_tie_to_first_copy_under_cosine(kernel_backend, device):
     x, base = random_case(200, 40, 24, 1.0, 3, device)
     codebook = torch.cat([base, base * 2.0, base])  # a power-of-two scale normalises to the same bits

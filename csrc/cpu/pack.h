@@ -60,29 +60,34 @@ acc_t inverse_norm(const StridedRows<in_t>& m, int64_t i) {
   return acc_t(1) / std::max(std::sqrt(sum), acc_t(1e-12));
 }
 
-// The codebook as ceil(K / NR) panels; panel p holds codes p*NR .. p*NR+NR-1 as [D][NR]
-// followed by nothing else, and norms[c] = ||code c||^2. Missing codes of the last panel are
-// zero with norm +inf, so they never win. Cosine packs unit vectors.
+// A block of at most `capacity` codes as panels of NR codes; panel p holds codes
+// first + p*NR .. first + p*NR + NR-1 as [D][NR], with norms[c] = ||code||^2 alongside. Lanes past
+// the block's last code are zero with norm +inf, so they never win. Cosine packs unit vectors.
 template <typename acc_t, int NR>
-class PackedCodebook {
+class PackedCodes {
  public:
-  PackedCodebook(int64_t k, int64_t d)
-      : k_(k), d_(d), panels_((k + NR - 1) / NR), values_(panels_ * NR * d), norms_(panels_ * NR) {}
+  PackedCodes(int64_t capacity, int64_t d)
+      : d_(d), capacity_panels_((capacity + NR - 1) / NR), values_(capacity_panels_ * NR * d),
+        norms_(capacity_panels_ * NR) {}
 
-  // Fills the panels from codebook; returns false when a value is NaN or Inf.
+  // Packs codebook rows first .. first+count-1 (count <= capacity); returns false when one of
+  // their values is NaN or Inf.
   template <typename in_t>
-  bool fill(const StridedRows<in_t>& codebook, Metric metric) {
+  bool fill(const StridedRows<in_t>& codebook, int64_t first, int64_t count, Metric metric) {
     bool finite = true;
+    first_ = first;
+    panels_ = (count + NR - 1) / NR;
     for (int64_t p = 0; p < panels_; ++p) {
       acc_t* panel = values_.get() + p * NR * d_;
       for (int lane = 0; lane < NR; ++lane) {
-        int64_t c = p * NR + lane;
-        if (c >= k_) {
+        const int64_t slot = p * NR + lane;
+        if (slot >= count) {
           for (int64_t j = 0; j < d_; ++j) panel[j * NR + lane] = 0;
-          norms_.get()[c] = std::numeric_limits<acc_t>::infinity();
+          norms_.get()[slot] = std::numeric_limits<acc_t>::infinity();
           continue;
         }
-        acc_t scale = metric == Metric::Cosine ? inverse_norm<acc_t>(codebook, c) : acc_t(1);
+        const int64_t c = first + slot;
+        const acc_t scale = metric == Metric::Cosine ? inverse_norm<acc_t>(codebook, c) : acc_t(1);
         acc_t norm = 0;
         for (int64_t j = 0; j < d_; ++j) {
           acc_t v = static_cast<acc_t>(codebook.at(c, j));
@@ -91,20 +96,21 @@ class PackedCodebook {
           panel[j * NR + lane] = v;
           norm += v * v;
         }
-        norms_.get()[c] = norm;
+        norms_.get()[slot] = norm;
       }
     }
     return finite;
   }
 
+  int64_t first() const { return first_; }
   int64_t panels() const { return panels_; }
   int64_t dim() const { return d_; }
   const acc_t* panel(int64_t p) const { return values_.get() + p * NR * d_; }
   const acc_t* norms(int64_t p) const { return norms_.get() + p * NR; }
-  acc_t value(int64_t code, int64_t j) const { return values_.get()[(code / NR) * NR * d_ + j * NR + code % NR]; }
 
  private:
-  int64_t k_, d_, panels_;
+  int64_t d_, capacity_panels_;
+  int64_t first_ = 0, panels_ = 0;
   AlignedBuffer<acc_t> values_;
   AlignedBuffer<acc_t> norms_;
 };

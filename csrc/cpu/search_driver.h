@@ -1,6 +1,8 @@
 // The blocked, threaded nearest-code search around a micro-kernel (Avx512Search, Avx2Search,
-// ScalarSearch): codebook packed once, threads over row chunks, K in L2-sized blocks,
-// running minima per row kept as NR lanes, one horizontal reduction per row at the end.
+// ScalarSearch). The codebook is packed one L2-sized block of codes at a time; for each block,
+// threads split the rows, keep per-row running minima as NR lanes, reduce them once per row
+// and merge into the outputs. Extra memory: one packed block plus a row chunk per thread,
+// whatever N and K.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -15,66 +17,67 @@
 
 namespace patchvq::cpu {
 
-// Bytes of packed codebook per K block and of packed rows per chunk: each stays in L2.
+// Bytes of packed codes per block and of packed rows per chunk: each stays in L2.
 inline constexpr int64_t kCodeBlockBytes = 256 << 10;
 inline constexpr int64_t kRowChunkBytes = 128 << 10;
 inline constexpr int64_t kMaxTilesPerChunk = 32;
 // Least multiply-adds per task, so small searches stay on one thread.
 inline constexpr int64_t kMinWorkPerTask = 1 << 20;
 
-// Panels [p_begin, p_end) of the codebook against one packed tile of M rows.
+template <typename Kernel>
+using PackedBlock = PackedCodes<typename Kernel::acc_t, Kernel::NR>;
+
+// The block's panels against one packed tile of M rows.
 template <typename Kernel, int M>
-void sweep_panels(const typename Kernel::acc_t* rows, const PackedCodebook<typename Kernel::acc_t, Kernel::NR>& codes,
-                  int64_t p_begin, int64_t p_end, typename Kernel::acc_t* best_value, int32_t* best_code) {
-  for (int64_t p = p_begin; p < p_end; ++p)
-    Kernel::template tile<M>(rows, codes.panel(p), codes.norms(p), codes.dim(), static_cast<int32_t>(p * Kernel::NR),
-                             best_value, best_code);
+void sweep_panels(const typename Kernel::acc_t* rows, const PackedBlock<Kernel>& codes,
+                  typename Kernel::acc_t* best_value, int32_t* best_code) {
+  for (int64_t p = 0; p < codes.panels(); ++p)
+    Kernel::template tile<M>(rows, codes.panel(p), codes.norms(p), codes.dim(),
+                             static_cast<int32_t>(codes.first() + p * Kernel::NR), best_value, best_code);
 }
 
 // sweep_panels for a runtime row count m in 1..M (M = Kernel::MR at the top).
 template <typename Kernel, int M = Kernel::MR>
-void sweep_tile(int m, const typename Kernel::acc_t* rows,
-                const PackedCodebook<typename Kernel::acc_t, Kernel::NR>& codes, int64_t p_begin, int64_t p_end,
+void sweep_tile(int m, const typename Kernel::acc_t* rows, const PackedBlock<Kernel>& codes,
                 typename Kernel::acc_t* best_value, int32_t* best_code) {
   if constexpr (M > 1) {
-    if (m < M) return sweep_tile<Kernel, M - 1>(m, rows, codes, p_begin, p_end, best_value, best_code);
+    if (m < M) return sweep_tile<Kernel, M - 1>(m, rows, codes, best_value, best_code);
   }
-  sweep_panels<Kernel, M>(rows, codes, p_begin, p_end, best_value, best_code);
+  sweep_panels<Kernel, M>(rows, codes, best_value, best_code);
 }
 
-// Distance of row i of x to packed code `code` (unit vectors for cosine), accumulated in acc_t.
-template <typename acc_t, int NR, typename in_t>
-acc_t exact_distance(const StridedRows<in_t>& x, int64_t i, const PackedCodebook<acc_t, NR>& codes, int64_t code,
+// Distance of row i of x to row c of codebook, accumulated in acc_t (cosine: 1 - cos).
+template <typename acc_t, typename in_t>
+acc_t exact_distance(const StridedRows<in_t>& x, int64_t i, const StridedRows<in_t>& codebook, int64_t c,
                      Metric metric) {
+  acc_t total = 0;
   if (metric == Metric::L2) {
-    acc_t total = 0;
     for (int64_t j = 0; j < x.cols; ++j) {
-      acc_t diff = static_cast<acc_t>(x.at(i, j)) - codes.value(code, j);
+      const acc_t diff = static_cast<acc_t>(x.at(i, j)) - static_cast<acc_t>(codebook.at(c, j));
       total += diff * diff;
     }
     return total;
   }
-  const acc_t scale = inverse_norm<acc_t>(x, i);
-  acc_t dot = 0;
-  for (int64_t j = 0; j < x.cols; ++j) dot += static_cast<acc_t>(x.at(i, j)) * scale * codes.value(code, j);
-  return acc_t(1) - dot;
+  const acc_t x_scale = inverse_norm<acc_t>(x, i);
+  const acc_t code_scale = inverse_norm<acc_t>(codebook, c);
+  for (int64_t j = 0; j < x.cols; ++j)
+    total += (static_cast<acc_t>(x.at(i, j)) * x_scale) * (static_cast<acc_t>(codebook.at(c, j)) * code_scale);
+  return acc_t(1) - total;
 }
 
-// Nearest packed code for every row of x: index[i] (ties: smallest) and its exact distance.
-// Returns false when x holds a NaN or Inf (the search still completes with in-range indices).
+// Every row of x against one packed block of codes. The first block writes each row's best
+// score and code into score/index; later blocks replace them only when strictly better, so
+// ties keep the smallest code. Returns false when x holds a NaN or Inf.
 template <typename Kernel, typename in_t>
-bool search_packed(const StridedRows<in_t>& x, const PackedCodebook<typename Kernel::acc_t, Kernel::NR>& codes,
-                   Metric metric, int64_t* index, typename Kernel::acc_t* distance) {
+bool search_block(const StridedRows<in_t>& x, const PackedBlock<Kernel>& codes, Metric metric, bool first_block,
+                  int64_t* index, typename Kernel::acc_t* score) {
   using acc_t = typename Kernel::acc_t;
   constexpr int MR = Kernel::MR;
   constexpr int NR = Kernel::NR;
   const int64_t d = x.cols;
-  const int64_t panels = codes.panels();
   const int64_t tile_bytes = std::max<int64_t>(1, MR * d * static_cast<int64_t>(sizeof(acc_t)));
   const int64_t chunk_rows = MR * std::clamp<int64_t>(kRowChunkBytes / tile_bytes, 1, kMaxTilesPerChunk);
-  const int64_t panel_bytes = std::max<int64_t>(1, NR * d * static_cast<int64_t>(sizeof(acc_t)));
-  const int64_t block_panels = std::max<int64_t>(1, kCodeBlockBytes / panel_bytes);
-  const int64_t work_per_row = std::max<int64_t>(1, panels * NR * d);
+  const int64_t work_per_row = std::max<int64_t>(1, codes.panels() * NR * d);
   const int64_t grain = std::max<int64_t>(MR, kMinWorkPerTask / work_per_row);
   std::atomic<bool> finite{true};
 
@@ -85,20 +88,13 @@ bool search_packed(const StridedRows<in_t>& x, const PackedCodebook<typename Ker
     bool local_finite = true;
     for (int64_t first = begin; first < end; first += chunk_rows) {
       const int64_t rows = std::min(chunk_rows, end - first);
-      const int64_t tiles = (rows + MR - 1) / MR;
-      for (int64_t t = 0; t < tiles; ++t) {
-        const int m = static_cast<int>(std::min<int64_t>(MR, rows - t * MR));
-        local_finite &= pack_rows<MR>(x, first + t * MR, m, metric, packed.get() + t * MR * d);
-      }
       std::fill(best_value.get(), best_value.get() + rows * NR, std::numeric_limits<acc_t>::infinity());
-      std::fill(best_code.get(), best_code.get() + rows * NR, 0);
-      for (int64_t p0 = 0; p0 < panels; p0 += block_panels) {
-        const int64_t p1 = std::min(panels, p0 + block_panels);
-        for (int64_t t = 0; t < tiles; ++t) {
-          const int m = static_cast<int>(std::min<int64_t>(MR, rows - t * MR));
-          sweep_tile<Kernel>(m, packed.get() + t * MR * d, codes, p0, p1, best_value.get() + t * MR * NR,
-                             best_code.get() + t * MR * NR);
-        }
+      std::fill(best_code.get(), best_code.get() + rows * NR, static_cast<int32_t>(codes.first()));
+      for (int64_t t = 0; t * MR < rows; ++t) {
+        const int m = static_cast<int>(std::min<int64_t>(MR, rows - t * MR));
+        acc_t* tile = packed.get() + t * MR * d;
+        local_finite &= pack_rows<MR>(x, first + t * MR, m, metric, tile);
+        sweep_tile<Kernel>(m, tile, codes, best_value.get() + t * MR * NR, best_code.get() + t * MR * NR);
       }
       for (int64_t r = 0; r < rows; ++r) {
         const acc_t* value = best_value.get() + r * NR;
@@ -110,8 +106,10 @@ bool search_packed(const StridedRows<in_t>& x, const PackedCodebook<typename Ker
             best = value[l];
             winner = code[l];
           }
-        index[first + r] = winner;
-        distance[first + r] = exact_distance(x, first + r, codes, winner, metric);
+        if (first_block || best < score[first + r]) {
+          score[first + r] = best;
+          index[first + r] = winner;
+        }
       }
     }
     if (!local_finite) finite.store(false, std::memory_order_relaxed);
@@ -119,20 +117,32 @@ bool search_packed(const StridedRows<in_t>& x, const PackedCodebook<typename Ker
   return finite.load();
 }
 
-// Packs the codebook and searches; with check_finite, a NaN or Inf in either input raises a
-// ValueError naming it (the check rides on the packing passes, no extra pass).
+// Nearest code of every row of x: index (ties: smallest) and its exact distance. With
+// check_finite, a NaN or Inf in either input raises a ValueError naming it; the check rides on
+// the packing passes, no extra pass.
 template <typename Kernel, typename in_t>
 void search_with(const StridedRows<in_t>& x, const StridedRows<in_t>& codebook, Metric metric, bool check_finite,
                  int64_t* index, typename Kernel::acc_t* distance) {
+  using acc_t = typename Kernel::acc_t;
   TORCH_CHECK(codebook.rows <= std::numeric_limits<int32_t>::max() - Kernel::NR, "patchvq: codebook has ",
               codebook.rows, " codes, more than this kernel indexes");
-  PackedCodebook<typename Kernel::acc_t, Kernel::NR> codes(codebook.rows, codebook.cols);
-  const bool codebook_finite = codes.fill(codebook, metric);
-  TORCH_CHECK_VALUE(!check_finite || codebook_finite, "patchvq: codebook contains NaN or Inf (shape [",
-                    codebook.rows, ", ", codebook.cols, "])");
-  const bool x_finite = search_packed<Kernel>(x, codes, metric, index, distance);
+  const int64_t panel_bytes = std::max<int64_t>(1, Kernel::NR * codebook.cols * static_cast<int64_t>(sizeof(acc_t)));
+  const int64_t block_codes = Kernel::NR * std::max<int64_t>(1, kCodeBlockBytes / panel_bytes);
+  PackedBlock<Kernel> codes(std::min(block_codes, codebook.rows), codebook.cols);
+  bool x_finite = true;
+  // distance holds the running best score until the exact distances replace it.
+  for (int64_t first = 0; first < codebook.rows; first += block_codes) {
+    const bool block_finite = codes.fill(codebook, first, std::min(block_codes, codebook.rows - first), metric);
+    TORCH_CHECK_VALUE(!check_finite || block_finite, "patchvq: codebook contains NaN or Inf (shape [",
+                      codebook.rows, ", ", codebook.cols, "])");
+    const bool rows_finite = search_block<Kernel>(x, codes, metric, first == 0, index, distance);
+    if (first == 0) x_finite = rows_finite;
+  }
   TORCH_CHECK_VALUE(!check_finite || x_finite, "patchvq: x contains NaN or Inf (shape [", x.rows, ", ", x.cols,
                     "])");
+  at::parallel_for(0, x.rows, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) distance[i] = exact_distance<acc_t>(x, i, codebook, index[i], metric);
+  });
 }
 
 }  // namespace patchvq::cpu
