@@ -21,6 +21,9 @@ CASES = [(m, 65536, 64, 4096) for m in METHODS] + [
 def extra_peak_mib(method: str, n: int, d: int, k: int) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+    # A fixed mmap threshold makes glibc return every large block to the system when freed, so
+    # buffers left over from warm-up or tuning cannot hide a method's allocations.
+    env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
     result = subprocess.run(
         [sys.executable, str(HERE / "peak_memory.py"), method, str(n), str(d), str(k), str(THREADS)],
         check=False,

@@ -6,7 +6,9 @@ Method: the kernel's peak resident set size (VmHWM) is reset through /proc/self/
 after the inputs exist and every library is loaded and warmed up on a tiny search; the extra
 peak is VmHWM after one full-size call minus VmRSS before it (outputs included). Where the
 reset is not allowed, the ru_maxrss delta is reported instead (it can only under-report when
-an earlier transient allocation was larger) and "method" in the output says which.
+an earlier transient allocation was larger) and "how" in the output says which.
+bench_memory.py runs it with MALLOC_MMAP_THRESHOLD_ fixed, so freed large blocks leave the
+resident set instead of pre-touching memory for the measured call.
 """
 
 import json
