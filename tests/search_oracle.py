@@ -16,10 +16,14 @@ def unit_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def exact_distances(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
-    """Float64 [N, K]: squared L2 distances, or 1 - cosine similarity."""
-    if metric == "l2":
-        return (x.double()[:, None, :] - codebook.double()[None, :, :]).pow(2).sum(-1)
-    return 1.0 - unit_rows(x) @ unit_rows(codebook).t()
+    """Float64 [N, K]: squared L2 distances (differences summed, a few rows at a time), or
+    1 - cosine similarity."""
+    if metric != "l2":
+        return 1.0 - unit_rows(x) @ unit_rows(codebook).t()
+    cb = codebook.double()
+    step = max(1, (1 << 22) // max(1, cb.numel()))
+    blocks = [(x[i : i + step].double()[:, None, :] - cb[None]).pow(2).sum(-1) for i in range(0, x.shape[0], step)]
+    return torch.cat(blocks) if blocks else x.new_zeros(0, cb.shape[0], dtype=torch.float64)
 
 
 def score_bound(x: torch.Tensor, codebook: torch.Tensor, metric: str, dtype: torch.dtype) -> torch.Tensor:

@@ -93,6 +93,20 @@ def test_many_code_blocks_keep_order_and_ties(kernel_backend, device):
     assert torch.equal(distance.cpu().double(), exact.min(1).values)
 
 
+def test_codebook_larger_than_one_packing_pass(kernel_backend, device):
+    # 4200 codes of D=1024 exceed the 16 MiB the CPU kernel packs at once: a second pass
+    # must merge without losing ties to the first copy (codes 2100.. repeat 0..).
+    g = torch.Generator().manual_seed(12)
+    base = torch.randint(-1, 2, (2100, 1024), generator=g).float()
+    codebook = torch.cat([base, base]).to(device)
+    n = 1 if kernel_backend == "triton" else 16
+    x = torch.cat([base[-n // 2 - 1 :], torch.randint(-2, 3, (n, 1024), generator=g).float()]).to(device)
+    index, distance = patchvq.nearest_code(x, codebook)
+    exact = exact_distances(x, codebook, "l2")
+    assert torch.equal(index.cpu(), exact.argmin(1))
+    assert torch.equal(distance.cpu().double(), exact.min(1).values)
+
+
 def test_repeated_codes_tie_to_first_copy_under_cosine(kernel_backend, device):
     x, base = random_case(200, 40, 24, 1.0, 3, device)
     codebook = torch.cat([base, base * 2.0, base])  # a power-of-two scale normalises to the same bits

@@ -2,7 +2,10 @@
 // squared norms, and tiles of x rows into D-major blocks of MR rows, both from strided views.
 #pragma once
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -60,7 +63,7 @@ acc_t inverse_norm(const StridedRows<in_t>& m, int64_t i) {
   return acc_t(1) / std::max(std::sqrt(sum), acc_t(1e-12));
 }
 
-// A block of at most `capacity` codes as panels of NR codes; panel p holds codes
+// Up to `capacity` codes as panels of NR codes; panel p holds codes
 // first + p*NR .. first + p*NR + NR-1 as [D][NR], with norms[c] = ||code||^2 alongside. Lanes past
 // the block's last code are zero with norm +inf, so they never win. Cosine packs unit vectors.
 template <typename acc_t, int NR>
@@ -74,32 +77,16 @@ class PackedCodes {
   // their values is NaN or Inf.
   template <typename in_t>
   bool fill(const StridedRows<in_t>& codebook, int64_t first, int64_t count, Metric metric) {
-    bool finite = true;
+    std::atomic<bool> finite{true};
     first_ = first;
     panels_ = (count + NR - 1) / NR;
-    for (int64_t p = 0; p < panels_; ++p) {
-      acc_t* panel = values_.get() + p * NR * d_;
-      for (int lane = 0; lane < NR; ++lane) {
-        const int64_t slot = p * NR + lane;
-        if (slot >= count) {
-          for (int64_t j = 0; j < d_; ++j) panel[j * NR + lane] = 0;
-          norms_.get()[slot] = std::numeric_limits<acc_t>::infinity();
-          continue;
-        }
-        const int64_t c = first + slot;
-        const acc_t scale = metric == Metric::Cosine ? inverse_norm<acc_t>(codebook, c) : acc_t(1);
-        acc_t norm = 0;
-        for (int64_t j = 0; j < d_; ++j) {
-          acc_t v = static_cast<acc_t>(codebook.at(c, j));
-          finite &= (v - v) == 0;
-          v *= scale;
-          panel[j * NR + lane] = v;
-          norm += v * v;
-        }
-        norms_.get()[slot] = norm;
-      }
-    }
-    return finite;
+    at::parallel_for(0, panels_, 16, [&](int64_t p_begin, int64_t p_end) {
+      bool local = true;
+      for (int64_t p = p_begin; p < p_end; ++p)
+        for (int lane = 0; lane < NR; ++lane) local &= fill_lane(codebook, p, lane, count, metric);
+      if (!local) finite.store(false, std::memory_order_relaxed);
+    });
+    return finite.load();
   }
 
   int64_t first() const { return first_; }
@@ -113,6 +100,31 @@ class PackedCodes {
   int64_t first_ = 0, panels_ = 0;
   AlignedBuffer<acc_t> values_;
   AlignedBuffer<acc_t> norms_;
+
+  // Lane `lane` of panel p: code first_ + p*NR + lane, or padding past count. False on NaN/Inf.
+  template <typename in_t>
+  bool fill_lane(const StridedRows<in_t>& codebook, int64_t p, int lane, int64_t count, Metric metric) {
+    acc_t* panel = values_.get() + p * NR * d_;
+    const int64_t slot = p * NR + lane;
+    if (slot >= count) {
+      for (int64_t j = 0; j < d_; ++j) panel[j * NR + lane] = 0;
+      norms_.get()[slot] = std::numeric_limits<acc_t>::infinity();
+      return true;
+    }
+    const int64_t c = first_ + slot;
+    const acc_t scale = metric == Metric::Cosine ? inverse_norm<acc_t>(codebook, c) : acc_t(1);
+    bool finite = true;
+    acc_t norm = 0;
+    for (int64_t j = 0; j < d_; ++j) {
+      acc_t v = static_cast<acc_t>(codebook.at(c, j));
+      finite &= (v - v) == 0;
+      v *= scale;
+      panel[j * NR + lane] = v;
+      norm += v * v;
+    }
+    norms_.get()[slot] = norm;
+    return finite;
+  }
 };
 
 // Rows first .. first+m-1 of x into out as [D][MR] (rows past m are zero), unit vectors for

@@ -1,8 +1,9 @@
 // The blocked, threaded nearest-code search around a micro-kernel (Avx512Search, Avx2Search,
-// ScalarSearch). The codebook is packed one L2-sized block of codes at a time; for each block,
-// threads split the rows, keep per-row running minima as NR lanes, reduce them once per row
-// and merge into the outputs. Extra memory: one packed block plus a row chunk per thread,
-// whatever N and K.
+// ScalarSearch). The codebook is packed into D-major panels, at most kPackedCodesBytes at a
+// time (all of it for usual codebooks); threads split the rows into chunks packed once, each
+// chunk sweeps the packed codes in L2-sized blocks keeping per-row running minima as NR lanes,
+// reduced once per row and merged into the outputs. Extra memory: the packed codes plus a row
+// chunk per thread, whatever N and K.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -17,6 +18,8 @@
 
 namespace patchvq::cpu {
 
+// Most bytes of packed codes held at once; larger codebooks are searched in several passes.
+inline constexpr int64_t kPackedCodesBytes = 16 << 20;
 // Bytes of packed codes per block and of packed rows per chunk: each stays in L2.
 inline constexpr int64_t kCodeBlockBytes = 256 << 10;
 inline constexpr int64_t kRowChunkBytes = 128 << 10;
@@ -27,23 +30,23 @@ inline constexpr int64_t kMinWorkPerTask = 1 << 20;
 template <typename Kernel>
 using PackedBlock = PackedCodes<typename Kernel::acc_t, Kernel::NR>;
 
-// The block's panels against one packed tile of M rows.
+// Panels [p_begin, p_end) against one packed tile of M rows.
 template <typename Kernel, int M>
-void sweep_panels(const typename Kernel::acc_t* rows, const PackedBlock<Kernel>& codes,
-                  typename Kernel::acc_t* best_value, int32_t* best_code) {
-  for (int64_t p = 0; p < codes.panels(); ++p)
+void sweep_panels(const typename Kernel::acc_t* rows, const PackedBlock<Kernel>& codes, int64_t p_begin,
+                  int64_t p_end, typename Kernel::acc_t* best_value, int32_t* best_code) {
+  for (int64_t p = p_begin; p < p_end; ++p)
     Kernel::template tile<M>(rows, codes.panel(p), codes.norms(p), codes.dim(),
                              static_cast<int32_t>(codes.first() + p * Kernel::NR), best_value, best_code);
 }
 
 // sweep_panels for a runtime row count m in 1..M (M = Kernel::MR at the top).
 template <typename Kernel, int M = Kernel::MR>
-void sweep_tile(int m, const typename Kernel::acc_t* rows, const PackedBlock<Kernel>& codes,
-                typename Kernel::acc_t* best_value, int32_t* best_code) {
+void sweep_tile(int m, const typename Kernel::acc_t* rows, const PackedBlock<Kernel>& codes, int64_t p_begin,
+                int64_t p_end, typename Kernel::acc_t* best_value, int32_t* best_code) {
   if constexpr (M > 1) {
-    if (m < M) return sweep_tile<Kernel, M - 1>(m, rows, codes, best_value, best_code);
+    if (m < M) return sweep_tile<Kernel, M - 1>(m, rows, codes, p_begin, p_end, best_value, best_code);
   }
-  sweep_panels<Kernel, M>(rows, codes, best_value, best_code);
+  sweep_panels<Kernel, M>(rows, codes, p_begin, p_end, best_value, best_code);
 }
 
 // Distance of row i of x to row c of codebook, accumulated in acc_t (cosine: 1 - cos).
@@ -65,18 +68,20 @@ acc_t exact_distance(const StridedRows<in_t>& x, int64_t i, const StridedRows<in
   return acc_t(1) - total;
 }
 
-// Every row of x against one packed block of codes. The first block writes each row's best
-// score and code into score/index; later blocks replace them only when strictly better, so
+// Every row of x against the packed codes. The first pass writes each row's best
+// score and code into score/index; later passes replace them only when strictly better, so
 // ties keep the smallest code. Returns false when x holds a NaN or Inf.
 template <typename Kernel, typename in_t>
-bool search_block(const StridedRows<in_t>& x, const PackedBlock<Kernel>& codes, Metric metric, bool first_block,
-                  int64_t* index, typename Kernel::acc_t* score) {
+bool search_pass(const StridedRows<in_t>& x, const PackedBlock<Kernel>& codes, Metric metric, bool first_pass,
+                 int64_t* index, typename Kernel::acc_t* score) {
   using acc_t = typename Kernel::acc_t;
   constexpr int MR = Kernel::MR;
   constexpr int NR = Kernel::NR;
   const int64_t d = x.cols;
   const int64_t tile_bytes = std::max<int64_t>(1, MR * d * static_cast<int64_t>(sizeof(acc_t)));
   const int64_t chunk_rows = MR * std::clamp<int64_t>(kRowChunkBytes / tile_bytes, 1, kMaxTilesPerChunk);
+  const int64_t panel_bytes = std::max<int64_t>(1, NR * d * static_cast<int64_t>(sizeof(acc_t)));
+  const int64_t block_panels = std::max<int64_t>(1, kCodeBlockBytes / panel_bytes);
   const int64_t work_per_row = std::max<int64_t>(1, codes.panels() * NR * d);
   const int64_t grain = std::max<int64_t>(MR, kMinWorkPerTask / work_per_row);
   std::atomic<bool> finite{true};
@@ -90,11 +95,18 @@ bool search_block(const StridedRows<in_t>& x, const PackedBlock<Kernel>& codes, 
       const int64_t rows = std::min(chunk_rows, end - first);
       std::fill(best_value.get(), best_value.get() + rows * NR, std::numeric_limits<acc_t>::infinity());
       std::fill(best_code.get(), best_code.get() + rows * NR, static_cast<int32_t>(codes.first()));
-      for (int64_t t = 0; t * MR < rows; ++t) {
+      const int64_t tiles = (rows + MR - 1) / MR;
+      for (int64_t t = 0; t < tiles; ++t) {
         const int m = static_cast<int>(std::min<int64_t>(MR, rows - t * MR));
-        acc_t* tile = packed.get() + t * MR * d;
-        local_finite &= pack_rows<MR>(x, first + t * MR, m, metric, tile);
-        sweep_tile<Kernel>(m, tile, codes, best_value.get() + t * MR * NR, best_code.get() + t * MR * NR);
+        local_finite &= pack_rows<MR>(x, first + t * MR, m, metric, packed.get() + t * MR * d);
+      }
+      for (int64_t p0 = 0; p0 < codes.panels(); p0 += block_panels) {
+        const int64_t p1 = std::min(codes.panels(), p0 + block_panels);
+        for (int64_t t = 0; t < tiles; ++t) {
+          const int m = static_cast<int>(std::min<int64_t>(MR, rows - t * MR));
+          sweep_tile<Kernel>(m, packed.get() + t * MR * d, codes, p0, p1, best_value.get() + t * MR * NR,
+                             best_code.get() + t * MR * NR);
+        }
       }
       for (int64_t r = 0; r < rows; ++r) {
         const acc_t* value = best_value.get() + r * NR;
@@ -106,7 +118,7 @@ bool search_block(const StridedRows<in_t>& x, const PackedBlock<Kernel>& codes, 
             best = value[l];
             winner = code[l];
           }
-        if (first_block || best < score[first + r]) {
+        if (first_pass || best < score[first + r]) {
           score[first + r] = best;
           index[first + r] = winner;
         }
@@ -127,15 +139,15 @@ void search_with(const StridedRows<in_t>& x, const StridedRows<in_t>& codebook, 
   TORCH_CHECK(codebook.rows <= std::numeric_limits<int32_t>::max() - Kernel::NR, "patchvq: codebook has ",
               codebook.rows, " codes, more than this kernel indexes");
   const int64_t panel_bytes = std::max<int64_t>(1, Kernel::NR * codebook.cols * static_cast<int64_t>(sizeof(acc_t)));
-  const int64_t block_codes = Kernel::NR * std::max<int64_t>(1, kCodeBlockBytes / panel_bytes);
-  PackedBlock<Kernel> codes(std::min(block_codes, codebook.rows), codebook.cols);
+  const int64_t pass_codes = Kernel::NR * std::max<int64_t>(1, kPackedCodesBytes / panel_bytes);
+  PackedBlock<Kernel> codes(std::min(pass_codes, codebook.rows), codebook.cols);
   bool x_finite = true;
   // distance holds the running best score until the exact distances replace it.
-  for (int64_t first = 0; first < codebook.rows; first += block_codes) {
-    const bool block_finite = codes.fill(codebook, first, std::min(block_codes, codebook.rows - first), metric);
-    TORCH_CHECK_VALUE(!check_finite || block_finite, "patchvq: codebook contains NaN or Inf (shape [",
+  for (int64_t first = 0; first < codebook.rows; first += pass_codes) {
+    const bool codes_finite = codes.fill(codebook, first, std::min(pass_codes, codebook.rows - first), metric);
+    TORCH_CHECK_VALUE(!check_finite || codes_finite, "patchvq: codebook contains NaN or Inf (shape [",
                       codebook.rows, ", ", codebook.cols, "])");
-    const bool rows_finite = search_block<Kernel>(x, codes, metric, first == 0, index, distance);
+    const bool rows_finite = search_pass<Kernel>(x, codes, metric, first == 0, index, distance);
     if (first == 0) x_finite = rows_finite;
   }
   TORCH_CHECK_VALUE(!check_finite || x_finite, "patchvq: x contains NaN or Inf (shape [", x.rows, ", ", x.cols,
