@@ -65,10 +65,10 @@ def test_agrees_with_reference_on_clear_rows(kernel_backend, device):
 
 @pytest.mark.parametrize("d", [1, 5, 33])
 def test_exact_ties_go_to_smallest_index(kernel_backend, device, d):
-    # Small integers make every score exact, so equal scores are true ties; repeated codes
-    # (across panel boundaries too) tie for every row.
+    # Small integers make every score exact, so equal scores are true ties; repeated codes tie
+    # for every row, 64 apart (the same SIMD lane of different panels) and mirrored (other lanes).
     g = torch.Generator().manual_seed(d)
-    base = torch.randint(-2, 3, (20, d), generator=g).float()
+    base = torch.randint(-2, 3, (32, d), generator=g).float()
     codebook = torch.cat([base, base.flip(0), base]).to(device)
     x = torch.randint(-3, 4, (150, d), generator=g).float().to(device)
     index, distance = patchvq.nearest_code(x, codebook)
@@ -80,10 +80,10 @@ def test_exact_ties_go_to_smallest_index(kernel_backend, device, d):
 
 
 def test_many_code_blocks_keep_order_and_ties(kernel_backend, device):
-    # D=256 and K=700 span several L2-sized code blocks in the CPU kernel; the second half
-    # repeats the first, so every row ties across blocks and must keep the first copy.
+    # D=256 and K=704 span several L2-sized code blocks in the CPU kernel; the second half
+    # repeats the first (in the same SIMD lanes), so rows tie across blocks and keep the first copy.
     g = torch.Generator().manual_seed(11)
-    base = torch.randint(-1, 2, (350, 256), generator=g).float()
+    base = torch.randint(-1, 2, (352, 256), generator=g).float()
     codebook = torch.cat([base, base]).to(device)
     n = 4 if kernel_backend == "triton" else 60
     x = torch.randint(-2, 3, (n, 256), generator=g).float().to(device)
