@@ -20,7 +20,7 @@ import torch
 THREADS = int(os.environ.get("PATCHVQ_BENCH_THREADS", "2"))
 # Seconds of measurement per case (more rounds for fast cases, at least MIN_ROUNDS).
 TARGET_SECONDS = 2.0
-MIN_ROUNDS = 3
+MIN_ROUNDS = 5
 
 
 def pytest_collect_file(file_path: Path, parent):
