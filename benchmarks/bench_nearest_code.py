@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import blas_kernels, faiss_or_skip, measure, shape_id
+from conftest import THREADS, blas_kernels, faiss_or_skip, measure, shape_id
 
 import patchvq
 
@@ -121,6 +121,52 @@ def test_nearest_code(benchmark, method, n, d, k):
     )
     expected = patchvq.nearest_code(x[:512], codebook)[0]
     assert (found[:512] == expected).float().mean() > 0.99, "the method disagrees with patchvq on most rows"
+
+
+# Rounds of the interleaved comparison; its roofline matmul side (quick case: 2048).
+INTERLEAVED_ROUNDS = 5
+INTERLEAVED_MATMUL_SIDE = 3072
+
+
+@pytest.mark.parametrize(("n", "d", "k"), SHAPES)
+def test_interleaved(benchmark, n, d, k):
+    """Every method and a roofline matmul in turn, round after round, so a change in the machine's
+    load hits them alike (the per-method tests run minutes apart). The per-method minimum
+    times land in extra_info["min_seconds"]; benchmarks/ratios.py builds the table from them."""
+    x, codebook = inputs(n, d, k)
+    functions = {}
+    for method in METHODS:
+        try:
+            functions[method] = searcher(method, x, codebook)
+        except pytest.skip.Exception:
+            continue
+    side = 2048 if (n, d, k) == QUICK_SHAPE else INTERLEAVED_MATMUL_SIDE
+    g = torch.Generator().manual_seed(1)
+    a, b, product = torch.randn(side, side, generator=g), torch.randn(side, side, generator=g), torch.empty(side, side)
+    functions["matmul"] = lambda: torch.mm(a, b, out=product)
+    seconds = {name: [] for name in functions}
+
+    def one_round():
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+
+    one_round()
+    for times in seconds.values():
+        times.clear()
+    benchmark.group = "interleaved"
+    benchmark.pedantic(one_round, rounds=INTERLEAVED_ROUNDS, iterations=1)
+    benchmark.extra_info.update(
+        interleaved=True,
+        n=n,
+        d=d,
+        k=k,
+        flops=2.0 * n * k * d,
+        matmul_flops=2.0 * side**3,
+        min_seconds={name: min(times) for name, times in seconds.items()},
+        threads=THREADS,
+    )
 
 
 @pytest.mark.parametrize("side", ROOFLINE_SIDES)

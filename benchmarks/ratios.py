@@ -1,7 +1,9 @@
 """Ratio tables from a pytest-benchmark JSON file: `python benchmarks/ratios.py result.json`.
 
 Speed: for each shape, each method's best time divided by patchvq's (above 1: patchvq is
-faster) and patchvq's FLOP rate as a share of the matmul roofline measured in the same run.
+faster) and patchvq's FLOP rate as a share of the matmul roofline measured in the same run;
+first from the interleaved test (all methods alternating round by round), then from the
+per-method tests.
 Memory: the extra peak MiB of each method from bench_memory.py.
 """
 
@@ -16,7 +18,7 @@ def speed_table(benchmarks: list[dict]) -> list[str]:
     shapes: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for b in benchmarks:
         info = b["extra_info"]
-        if "n" in info and "flops" in info:
+        if "n" in info and "flops" in info and not info.get("interleaved"):
             shapes[(info["n"], info["d"], info["k"])][info["method"]] = b
     others = sorted({m for methods in shapes.values() for m in methods} - {"patchvq"})
     lines = [
@@ -36,6 +38,31 @@ def speed_table(benchmarks: list[dict]) -> list[str]:
     return lines
 
 
+def interleaved_table(benchmarks: list[dict]) -> list[str]:
+    """From test_interleaved: minima of one run in which all methods alternated round by round."""
+    rows = [b["extra_info"] for b in benchmarks if b["extra_info"].get("interleaved")]
+    if not rows:
+        return []
+    others = sorted({m for r in rows for m in r["min_seconds"]} - {"patchvq", "matmul"})
+    lines = [
+        "| N | D | K | patchvq GFLOP/s | matmul GFLOP/s | % of matmul | "
+        + " | ".join(f"x vs {m}" for m in others)
+        + " |",
+        "|---" * (6 + len(others)) + "|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["n"], r["d"], r["k"], r["flops"])):
+        best = r["min_seconds"]
+        ours = r["flops"] / best["patchvq"] / 1e9
+        matmul = r["matmul_flops"] / best["matmul"] / 1e9
+        cells = [f"{best[m] / best['patchvq']:.2f}" if m in best else "-" for m in others]
+        lines.append(
+            f"| {r['n']} | {r['d']} | {r['k']} | {ours:.0f} | {matmul:.0f} | {100 * ours / matmul:.0f} % | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
 def memory_table(benchmarks: list[dict]) -> list[str]:
     rows = [b["extra_info"] for b in benchmarks if "extra_mib" in b["extra_info"]]
     if not rows:
@@ -50,10 +77,12 @@ def main(path: str) -> None:
     with open(path) as f:
         data = json.load(f)
     benchmarks = data["benchmarks"]
-    print("\n".join(speed_table(benchmarks)))
+    for table in (interleaved_table(benchmarks), speed_table(benchmarks)):
+        if len(table) > 2:
+            print("\n".join(table))
+            print()
     memory = memory_table(benchmarks)
     if memory:
-        print()
         print("\n".join(memory))
 
 

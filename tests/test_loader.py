@@ -39,12 +39,14 @@ SEARCH_AND_REPORT = textwrap.dedent(
 )
 
 
-def run_python(code_or_args, tmp_path: Path, extra_env: dict | None = None, timeout: int = 300):
-    """Run python with the repo on the path and a fresh TORCH_EXTENSIONS_DIR under tmp_path."""
+def run_python(code_or_args, tmp_path: Path, extra_env: dict | None = None, timeout: int = 300, fresh_cache=True):
+    """Run python with the repo on the path and, with fresh_cache, a new TORCH_EXTENSIONS_DIR
+    under tmp_path (otherwise the cache this test session uses)."""
     env = dict(os.environ)
     env.pop("PATCHVQ_BACKEND", None)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    env["TORCH_EXTENSIONS_DIR"] = str(tmp_path / "extensions")
+    if fresh_cache:
+        env["TORCH_EXTENSIONS_DIR"] = str(tmp_path / "extensions")
     env.update(extra_env or {})
     args = ["-c", code_or_args] if isinstance(code_or_args, str) else code_or_args
     return subprocess.run(
@@ -103,9 +105,8 @@ def test_unknown_backend_value_is_an_error(monkeypatch):
 
 
 def test_info_command_names_the_backends(tmp_path):
-    # The shared cache of the test session (if set) avoids a second build of the kernels.
-    extra = {"TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]} if "TORCH_EXTENSIONS_DIR" in os.environ else {}
-    result = run_python(["-m", "patchvq", "info"], tmp_path, extra, timeout=600)
+    # The session's own extension cache: the kernels other tests built are reused, not rebuilt.
+    result = run_python(["-m", "patchvq", "info"], tmp_path, timeout=600, fresh_cache=False)
     assert result.returncode == 0, result.stderr
     for op in ("nearest_code", "code_stats", "patch_assign"):
         assert f"backend[{op}, cpu]:" in result.stdout

@@ -80,7 +80,9 @@ class PackedCodes {
     std::atomic<bool> finite{true};
     first_ = first;
     panels_ = (count + NR - 1) / NR;
-    at::parallel_for(0, panels_, 16, [&](int64_t p_begin, int64_t p_end) {
+    // Threads only for packs of over a few MiB: a parallel region costs more below that.
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / (NR * std::max<int64_t>(d_, 1)));
+    at::parallel_for(0, panels_, grain, [&](int64_t p_begin, int64_t p_end) {
       bool local = true;
       for (int64_t p = p_begin; p < p_end; ++p)
         for (int lane = 0; lane < NR; ++lane) local &= fill_lane(codebook, p, lane, count, metric);

@@ -68,12 +68,13 @@ acc_t exact_distance(const StridedRows<in_t>& x, int64_t i, const StridedRows<in
   return acc_t(1) - total;
 }
 
-// Every row of x against the packed codes. The first pass writes each row's best
-// score and code into score/index; later passes replace them only when strictly better, so
-// ties keep the smallest code. Returns false when x holds a NaN or Inf.
+// Every row of x against the packed codes. The first pass writes each row's best score and
+// code into score/index; later passes replace them only when strictly better, so ties keep the
+// smallest code; the last pass replaces the score by the exact distance to the winner (from
+// codebook), in the same parallel region. Returns false when x holds a NaN or Inf.
 template <typename Kernel, typename in_t>
-bool search_pass(const StridedRows<in_t>& x, const PackedBlock<Kernel>& codes, Metric metric, bool first_pass,
-                 int64_t* index, typename Kernel::acc_t* score) {
+bool search_pass(const StridedRows<in_t>& x, const PackedBlock<Kernel>& codes, const StridedRows<in_t>& codebook,
+                 Metric metric, bool first_pass, bool last_pass, int64_t* index, typename Kernel::acc_t* score) {
   using acc_t = typename Kernel::acc_t;
   constexpr int MR = Kernel::MR;
   constexpr int NR = Kernel::NR;
@@ -122,6 +123,7 @@ bool search_pass(const StridedRows<in_t>& x, const PackedBlock<Kernel>& codes, M
           score[first + r] = best;
           index[first + r] = winner;
         }
+        if (last_pass) score[first + r] = exact_distance<acc_t>(x, first + r, codebook, index[first + r], metric);
       }
     }
     if (!local_finite) finite.store(false, std::memory_order_relaxed);
@@ -142,19 +144,17 @@ void search_with(const StridedRows<in_t>& x, const StridedRows<in_t>& codebook, 
   const int64_t pass_codes = Kernel::NR * std::max<int64_t>(1, kPackedCodesBytes / panel_bytes);
   PackedBlock<Kernel> codes(std::min(pass_codes, codebook.rows), codebook.cols);
   bool x_finite = true;
-  // distance holds the running best score until the exact distances replace it.
+  // distance holds the running best score until the last pass puts the exact distances there.
   for (int64_t first = 0; first < codebook.rows; first += pass_codes) {
     const bool codes_finite = codes.fill(codebook, first, std::min(pass_codes, codebook.rows - first), metric);
     TORCH_CHECK_VALUE(!check_finite || codes_finite, "patchvq: codebook contains NaN or Inf (shape [",
                       codebook.rows, ", ", codebook.cols, "])");
-    const bool rows_finite = search_pass<Kernel>(x, codes, metric, first == 0, index, distance);
+    const bool last = first + pass_codes >= codebook.rows;
+    const bool rows_finite = search_pass<Kernel>(x, codes, codebook, metric, first == 0, last, index, distance);
     if (first == 0) x_finite = rows_finite;
   }
   TORCH_CHECK_VALUE(!check_finite || x_finite, "patchvq: x contains NaN or Inf (shape [", x.rows, ", ", x.cols,
                     "])");
-  at::parallel_for(0, x.rows, 1024, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) distance[i] = exact_distance<acc_t>(x, i, codebook, index[i], metric);
-  });
 }
 
 }  // namespace patchvq::cpu
