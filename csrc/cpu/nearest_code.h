@@ -22,7 +22,4 @@ template <typename scalar_t>
 void search_matrix(const StridedRows<scalar_t>& x, const StridedRows<scalar_t>& codebook, Metric metric,
                    bool check_finite, int64_t* index, scalar_t* distance);
 
-// The micro-kernel the float search was compiled with: "avx512", "avx2" or "scalar".
-const char* float_search_kernel();
-
 }  // namespace patchvq::cpu

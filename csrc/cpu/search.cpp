@@ -5,6 +5,9 @@
 #include "search_avx512.h"
 #include "search_driver.h"
 #include "search_scalar.h"
+#include "simd.h"
+
+#include <string_view>
 
 namespace patchvq::cpu {
 namespace {
@@ -16,6 +19,8 @@ using FloatSearch = Avx2Search;
 #else
 using FloatSearch = ScalarSearch<float>;
 #endif
+// build_info() reports kSimdLevel: it must name the micro-kernel the search runs.
+static_assert(std::string_view(FloatSearch::name) == std::string_view(kSimdLevel));
 
 template <typename scalar_t>
 struct SearchFor;
@@ -29,8 +34,6 @@ struct SearchFor<double> {
 };
 
 }  // namespace
-
-const char* float_search_kernel() { return FloatSearch::name; }
 
 template <typename scalar_t>
 void search_matrix(const StridedRows<scalar_t>& x, const StridedRows<scalar_t>& codebook, Metric metric,
