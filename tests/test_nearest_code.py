@@ -114,6 +114,17 @@ def test_repeated_codes_tie_to_first_copy_under_cosine(kernel_backend, device):
     assert (index < 40).all()
 
 
+def test_zero_code_counts_as_orthogonal_under_cosine(kernel_backend, device):
+    # A zero code has cosine distance 1: it loses to any code with positive cosine and ties
+    # with codes orthogonal to the row.
+    x = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], device=device)
+    codebook = torch.tensor([[0.0, 0.0, 0.0], [0.3, 1.0, 0.0], [-1.0, 0.2, 0.0]], device=device)
+    index, distance = patchvq.nearest_code(x, codebook, "cosine")
+    assert index.tolist() == [1, 1, 2, 0]
+    assert distance[3].item() == pytest.approx(1.0)
+    assert_nearest(index, distance, x, codebook, "cosine")
+
+
 def test_single_code_and_empty_rows(kernel_backend, device):
     x, codebook = random_case(50, 1, 9, 1.0, 1, device)
     index, distance = patchvq.nearest_code(x, codebook)

@@ -124,7 +124,8 @@ class PackedCodes {
       panel[j * NR + lane] = v;
       norm += v * v;
     }
-    norms_.get()[slot] = norm;
+    // A zero code has cosine distance 1 like an orthogonal one: rank every code by 1 - 2 x.e.
+    norms_.get()[slot] = metric == Metric::Cosine ? acc_t(1) : norm;
     return finite;
   }
 };

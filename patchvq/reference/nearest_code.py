@@ -50,7 +50,8 @@ def nearest_code(
     xs, cb = x.to(acc), codebook.to(acc)
     if metric == "cosine":
         xs, cb = normalize(xs), normalize(cb)
-    code_norms = cb.pow(2).sum(1)
+    # Cosine ranks by 1 - 2 x.e over unit codes; a zero code then scores 1, like an orthogonal one.
+    code_norms = cb.pow(2).sum(1) if metric == "l2" else torch.ones(cb.shape[0], dtype=acc, device=cb.device)
     index = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
     for start in range(0, x.shape[0], _CHUNK_ROWS):
         rows = xs[start : start + _CHUNK_ROWS]
