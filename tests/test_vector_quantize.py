@@ -70,7 +70,7 @@ def test_loss_is_the_commitment_formula():
     x = torch.randn(2, 25, 6)
     mask = torch.rand(2, 25) < 0.6
     codes = vq.codebook.clone()
-    q, index, loss = vq(x, mask=mask)
+    _q, index, loss = vq(x, mask=mask)
     error = (x - codes[index.clamp_min(0)]).pow(2)
     torch.testing.assert_close(loss, 0.3 * error[mask].mean())
     _, _, nothing = vq(x, mask=torch.zeros(2, 25, dtype=torch.bool))
@@ -144,7 +144,7 @@ def test_masked_positions_are_left_out_of_everything():
     mask = torch.rand(2, 30) < 0.5
     x_masked = torch.where(mask[..., None], x, torch.full_like(x, 1e4))
     q, index, loss = a(x_masked, mask=mask)
-    q_b, index_b, loss_b = b(x[mask][None])
+    _q_b, index_b, loss_b = b(x[mask][None])
     assert bool((index[~mask] == -1).all()) and bool((q[~mask] == 0).all())
     assert torch.equal(index[mask], index_b[0])
     torch.testing.assert_close(loss, loss_b)
@@ -160,12 +160,12 @@ def test_masked_positions_are_left_out_of_everything():
 @pytest.mark.parametrize(
     "kwargs, shape, index_shape",
     [
-        (dict(), (2, 7, 6), (2, 7)),
-        (dict(channel_last=False), (2, 6, 7), (2, 7)),
-        (dict(accept_image_fmap=True), (2, 6, 3, 5), (2, 3, 5)),
-        (dict(), (4, 6), (4,)),
-        (dict(codebook_dim=3), (2, 7, 6), (2, 7)),
-        (dict(codebook_dim=3, accept_image_fmap=True), (2, 6, 3, 5), (2, 3, 5)),
+        ({}, (2, 7, 6), (2, 7)),
+        ({"channel_last": False}, (2, 6, 7), (2, 7)),
+        ({"accept_image_fmap": True}, (2, 6, 3, 5), (2, 3, 5)),
+        ({}, (4, 6), (4,)),
+        ({"codebook_dim": 3}, (2, 7, 6), (2, 7)),
+        ({"codebook_dim": 3, "accept_image_fmap": True}, (2, 6, 3, 5), (2, 3, 5)),
     ],
 )
 def test_layouts(kwargs, shape, index_shape):

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from patchvq import reference
-from patchvq.layers import Codebook
-from patchvq.layers import kmeans
+from patchvq.layers import Codebook, kmeans
 
 
 def _clusters(k, per, dim, spread=0.01, seed=0):
@@ -191,13 +190,13 @@ def test_state_dict_round_trip_restores_initialisation():
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        (dict(num_codes=0, dim=3), "num_codes"),
-        (dict(num_codes=4, dim=0), "dim"),
-        (dict(num_codes=4, dim=3, decay=1.0), "decay"),
-        (dict(num_codes=4, dim=3, eps=0.0), "eps"),
-        (dict(num_codes=4, dim=3, kmeans_iters=-1), "kmeans_iters"),
-        (dict(num_codes=4, dim=3, threshold_ema_dead_code=-1.0), "threshold_ema_dead_code"),
-        (dict(num_codes=4, dim=3, metric="l1"), "metric"),
+        ({"num_codes": 0, "dim": 3}, "num_codes"),
+        ({"num_codes": 4, "dim": 0}, "dim"),
+        ({"num_codes": 4, "dim": 3, "decay": 1.0}, "decay"),
+        ({"num_codes": 4, "dim": 3, "eps": 0.0}, "eps"),
+        ({"num_codes": 4, "dim": 3, "kmeans_iters": -1}, "kmeans_iters"),
+        ({"num_codes": 4, "dim": 3, "threshold_ema_dead_code": -1.0}, "threshold_ema_dead_code"),
+        ({"num_codes": 4, "dim": 3, "metric": "l1"}, "metric"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, words):

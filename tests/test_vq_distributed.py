@@ -71,7 +71,7 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or sys.platform == "win3
 
 
 def test_kmeans_ema_and_revival_agree_across_ranks(tmp_path):
-    states = _run(tmp_path, dict(kmeans_init=True, threshold_ema_dead_code=3.0))
+    states = _run(tmp_path, {"kmeans_init": True, "threshold_ema_dead_code": 3.0})
     first, second = states
     for name in first:
         assert torch.equal(first[name], second[name]), f"{name} differs between ranks"
@@ -81,7 +81,7 @@ def test_kmeans_ema_and_revival_agree_across_ranks(tmp_path):
 
 def test_synced_ema_equals_one_process_on_all_ranks_data(tmp_path):
     """Without k-means or revival, the synced EMA is the single-process EMA of the union of the batches."""
-    states = _run(tmp_path, dict())
+    states = _run(tmp_path, {})
     single = _layer(sync_codebook=False)
     for step in range(STEPS):
         batches = [_batch(rank, step) for rank in range(WORLD)]

@@ -168,10 +168,9 @@ class VectorQuantize(torch.nn.Module):
         if not self.training or self.commitment_weight <= 0:
             return torch.zeros((), device=rows.device)
         target = quantized if self.learnable_codebook else quantized.detach()
-        error = (rows - target).float().pow(2)
         if valid is None:
-            return error.mean() * self.commitment_weight
-        per_row = error.sum(-1) * valid
+            return F.mse_loss(rows.float(), target.float()) * self.commitment_weight
+        per_row = (rows - target).float().pow(2).sum(-1) * valid
         real = valid.sum() * rows.shape[-1]
         return per_row.sum() / real.clamp_min(1) * self.commitment_weight
 
