@@ -108,41 +108,31 @@ def ratio_table(request):
         request.config.pluginmanager.register(_RatioTable(), name)
 
 
-def _rounds(impl: str, codebook_size: int) -> int:
-    return 1 if impl == IMPLS[1] and codebook_size >= 4096 else 3
+def _needs(impl: str) -> None:
+    if impl == IMPLS[1]:
+        pytest.importorskip("vector_quantize_pytorch", reason="install the bench extra: pip install -e .[bench]")
 
 
 @pytest.mark.parametrize("codebook_size", SIZES)
 @pytest.mark.parametrize("impl", IMPLS)
-def test_train_step(benchmark, impl, codebook_size):
-    if impl == IMPLS[1]:
-        pytest.importorskip("vector_quantize_pytorch", reason="install the bench extra: pip install -e .[bench]")
-    layer, x = make_layer(impl, codebook_size).train(), make_input()
-    train_step(layer, make_input(64))
-    benchmark.group = f"VectorQuantize train step, K={codebook_size}"
-    benchmark.pedantic(train_step, args=(layer, x), rounds=_rounds(impl, codebook_size), iterations=1,
-                       warmup_rounds=0)
-    _RESULTS[("train", impl, codebook_size)] = benchmark.stats.stats.median
-
-
-@pytest.mark.parametrize("codebook_size", SIZES)
-@pytest.mark.parametrize("impl", IMPLS)
-def test_eval_forward(benchmark, impl, codebook_size):
-    if impl == IMPLS[1]:
-        pytest.importorskip("vector_quantize_pytorch", reason="install the bench extra: pip install -e .[bench]")
-    layer, x = make_layer(impl, codebook_size).eval(), make_input()
-    eval_forward(layer, make_input(64))
-    benchmark.group = f"VectorQuantize eval forward, K={codebook_size}"
-    benchmark.pedantic(eval_forward, args=(layer, x), rounds=3, iterations=1, warmup_rounds=1)
-    _RESULTS[("eval", impl, codebook_size)] = benchmark.stats.stats.median
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_time(benchmark, mode, impl, codebook_size):
+    """Median time of a training step or an eval forward (one round for the 12-second case)."""
+    _needs(impl)
+    run = train_step if mode == "train" else eval_forward
+    layer, x = make_layer(impl, codebook_size).train(mode == "train"), make_input()
+    run(layer, make_input(64))
+    benchmark.group = f"VectorQuantize {'train step' if mode == 'train' else 'eval forward'}, K={codebook_size}"
+    slow = mode == "train" and impl == IMPLS[1] and codebook_size >= 4096
+    benchmark.pedantic(run, args=(layer, x), rounds=1 if slow else 3, iterations=1)
+    _RESULTS[(mode, impl, codebook_size)] = benchmark.stats.stats.median
 
 
 @pytest.mark.parametrize("codebook_size", SIZES)
 @pytest.mark.parametrize("impl", IMPLS)
 def test_train_step_extra_memory(benchmark, impl, codebook_size):
     """Runs in a fresh subprocess; the figure goes to extra_info and the ratio table, not the timing table."""
-    if impl == IMPLS[1]:
-        pytest.importorskip("vector_quantize_pytorch", reason="install the bench extra: pip install -e .[bench]")
+    _needs(impl)
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("peak-memory measurement needs Linux /proc/self/clear_refs")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
