@@ -261,3 +261,13 @@ def test_bad_input_is_named(x, mask, error, words):
     vq = VectorQuantize(dim=4, codebook_size=8)
     with pytest.raises(error, match=words):
         vq(x, mask=mask)
+
+
+def test_drop_in_import_paths():
+    import patchvq
+    import patchvq.layers
+
+    assert patchvq.VectorQuantize is VectorQuantize is patchvq.layers.VectorQuantize
+    assert patchvq.layers.Codebook is type(VectorQuantize(dim=2, codebook_size=3).codebook_module)
+    with pytest.raises(AttributeError, match="no_such_layer"):
+        patchvq.layers.no_such_layer  # noqa: B018
