@@ -271,3 +271,17 @@ def test_drop_in_import_paths():
     assert patchvq.layers.Codebook is type(VectorQuantize(dim=2, codebook_size=3).codebook_module)
     with pytest.raises(AttributeError, match="no_such_layer"):
         patchvq.layers.no_such_layer  # noqa: B018
+
+
+def test_fused_straight_through_equals_the_plain_one():
+    codes = torch.randn(9, 5, dtype=torch.float64)
+    index = torch.randint(0, 9, (20,))
+    x = torch.randn(20, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(20, 5, dtype=torch.float64)
+    fused = estimators.straight_through_codes(x, codes, index)
+    (grad_fused,) = torch.autograd.grad((fused * weight).sum(), x)
+    plain = estimators.straight_through(x, codes[index])
+    (grad_plain,) = torch.autograd.grad((plain * weight).sum(), x)
+    assert torch.equal(fused, codes[index]), "exactly the codes (x + (q - x) may round)"
+    torch.testing.assert_close(fused, plain)
+    assert torch.equal(grad_fused, grad_plain)
