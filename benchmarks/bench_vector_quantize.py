@@ -13,7 +13,7 @@ input) and an eval forward. Memory: the extra peak resident memory of one traini
 measured in a fresh subprocess per layer (peak RSS during the step minus RSS before it, after a
 small warm-up step, with glibc mapping every large block on its own), so allocations of one run
 never hide in another's and the figure follows the live tensors.
-At the end a table of ratios (theirs / ours) is printed.
+At the end a table of ratios (theirs / ours, fastest rounds) is printed.
 """
 
 import json
@@ -118,15 +118,19 @@ def _needs(impl: str) -> None:
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_time(benchmark, mode, impl, codebook_size):
-    """Median time of a training step or an eval forward (one round for the 12-second case)."""
+    """Fastest of a few rounds of a training step or an eval forward (two for the many-second case).
+
+    The ratio table uses the fastest round: on a machine shared with other jobs it is the one
+    least disturbed by them.
+    """
     _needs(impl)
     run = train_step if mode == "train" else eval_forward
     layer, x = make_layer(impl, codebook_size).train(mode == "train"), make_input()
     run(layer, make_input(64))
     benchmark.group = f"VectorQuantize {'train step' if mode == 'train' else 'eval forward'}, K={codebook_size}"
     slow = mode == "train" and impl == IMPLS[1] and codebook_size >= 4096
-    benchmark.pedantic(run, args=(layer, x), rounds=1 if slow else 3, iterations=1)
-    _RESULTS[(mode, impl, codebook_size)] = benchmark.stats.stats.median
+    benchmark.pedantic(run, args=(layer, x), rounds=2 if slow else 4, iterations=1)
+    _RESULTS[(mode, impl, codebook_size)] = benchmark.stats.stats.min
 
 
 @pytest.mark.parametrize("codebook_size", SIZES)
