@@ -285,3 +285,13 @@ def test_fused_straight_through_equals_the_plain_one():
     assert torch.equal(fused, codes[index]), "exactly the codes (x + (q - x) may round)"
     torch.testing.assert_close(fused, plain)
     assert torch.equal(grad_fused, grad_plain)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 4), (2, 0, 4)])
+def test_empty_batch(shape):
+    vq = VectorQuantize(dim=4, codebook_size=6, kmeans_init=True, threshold_ema_dead_code=1.0)
+    x = torch.randn(*shape, requires_grad=True)
+    q, index, loss = vq(x)
+    assert q.shape == x.shape and index.shape == shape[:2] and float(loss) == 0.0
+    assert not bool(vq.codebook_module.initialised), "k-means waits for a batch with rows"
+    (q.sum() + loss).backward()

@@ -175,8 +175,11 @@ class VectorQuantize(torch.nn.Module):
         return (estimators.rotation_trick(rows, quantized) if estimating else quantized), quantized
 
     def _loss(self, rows: torch.Tensor, quantized: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        """commitment_weight * mean over real rows and channels of (rows - q)^2; q detached unless learnable."""
-        if not self.training or self.commitment_weight <= 0:
+        """commitment_weight * mean over real rows and channels of (rows - q)^2; q detached unless learnable.
+
+        Zero in eval and when there is no real row (an empty or all-masked batch).
+        """
+        if not self.training or self.commitment_weight <= 0 or rows.shape[0] == 0:
             return torch.zeros((), device=rows.device)
         target = quantized if self.learnable_codebook else quantized.detach()
         if valid is None:
