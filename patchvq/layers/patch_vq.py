@@ -1,6 +1,7 @@
 """PatchVQ: patch-aware vector quantisation with a dynamic choice of code resolution per patch."""
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -89,8 +90,15 @@ class PatchVQ(torch.nn.Module):
     Call set_progress(step / total_steps) during training to drive the temperature and budget.
     """
 
-    def __init__(self, dim: int, levels: tuple[int, ...] = (8, 16, 32), *, code_dim: int | None = None,
-                 config: PatchVQConfig | None = None, **settings):
+    def __init__(
+        self,
+        dim: int,
+        levels: tuple[int, ...] = (8, 16, 32),
+        *,
+        code_dim: int | None = None,
+        config: PatchVQConfig | None = None,
+        **settings,
+    ):
         super().__init__()
         self.config = dataclasses.replace(config or PatchVQConfig(), **settings)
         self.strides = _check_strides(levels)
@@ -103,8 +111,14 @@ class PatchVQ(torch.nn.Module):
         self.downsample = torch.nn.ModuleList(_pooling_conv(self.code_dim, f) for f in self.factors[1:])
         self.router = routing.DynamicRouter(self.code_dim, len(self.factors), cfg.router_hidden)
         self.codebook = Codebook(
-            cfg.num_codes, self.code_dim, decay=cfg.decay, eps=cfg.eps, kmeans_init=cfg.kmeans_init,
-            kmeans_iters=cfg.kmeans_iters, threshold_ema_dead_code=cfg.threshold_ema_dead_code, metric=cfg.metric,
+            cfg.num_codes,
+            self.code_dim,
+            decay=cfg.decay,
+            eps=cfg.eps,
+            kmeans_init=cfg.kmeans_init,
+            kmeans_iters=cfg.kmeans_iters,
+            threshold_ema_dead_code=cfg.threshold_ema_dead_code,
+            metric=cfg.metric,
         )
         self.costs = budget.level_costs(self.factors)
         self.register_buffer("progress", torch.zeros(()))
@@ -136,21 +150,36 @@ class PatchVQ(torch.nn.Module):
             fine = self.project_in(x)
             return [fine, *(down(fine) for down in self.downsample)]
         if not isinstance(x, (list, tuple)) or len(x) != len(self.factors):
-            raise ValueError(f"patchvq: expected one map or a list of {len(self.factors)} level maps, got {_describe(x)}")
+            raise ValueError(
+                f"patchvq: expected one map or a list of {len(self.factors)} level maps, got {_describe(x)}"
+            )
         for i, lv in enumerate(x):
             _check_map(lv, self.dim, f"levels[{i}]")
             if lv.shape[2] * self.factors[i] != x[0].shape[2]:
-                raise ValueError(f"patchvq: levels[{i}] grid {tuple(lv.shape[2:])} is not the finest grid "
-                                 f"{tuple(x[0].shape[2:])} divided by {self.factors[i]}")
+                raise ValueError(
+                    f"patchvq: levels[{i}] grid {tuple(lv.shape[2:])} is not the finest grid "
+                    f"{tuple(x[0].shape[2:])} divided by {self.factors[i]}"
+                )
         return [self.project_in(lv) for lv in x]
 
-    def forward(self, x, *, level_map: torch.Tensor | None = None, richness: torch.Tensor | None = None,
-                budget_target: torch.Tensor | float | None = None) -> PatchVQOutput:
+    def forward(
+        self,
+        x,
+        *,
+        level_map: torch.Tensor | None = None,
+        richness: torch.Tensor | None = None,
+        budget_target: torch.Tensor | float | None = None,
+    ) -> PatchVQOutput:
         levels = self.levels_of(x)
         if self.config.metric == "cosine":
             levels = [F.normalize(lv, dim=1) for lv in levels]
         logits = self.router(levels)
         if level_map is not None:
+            if level_map.shape != logits[:, 0].shape or level_map.is_floating_point():
+                raise ValueError(
+                    f"patchvq: level_map must be an integer [B, Hc, Wc] = {tuple(logits[:, 0].shape)} "
+                    f"tensor, got {_describe(level_map)}"
+                )
             choice = level_map.to(torch.int64)
             gate = routing.one_hot_gate(choice, len(levels), logits.dtype)
         elif self.training:
@@ -176,8 +205,9 @@ class PatchVQ(torch.nn.Module):
         usage = {
             "level_share": F.one_hot(choice, len(levels)).flatten(0, 2).float().mean(0),
             "spent_fraction": budget.spent_fraction(gate.detach(), self.costs).mean(),
-            "perplexity": _perplexity(flat_index, self.config.num_codes, [index.numel() for index in indices],
-                                      self.factors),
+            "perplexity": _perplexity(
+                flat_index, self.config.num_codes, [index.numel() for index in indices], self.factors
+            ),
         }
         return PatchVQOutput(self.project_out(z_q), choice, indices, loss, usage, logits, distance)
 
@@ -224,7 +254,7 @@ def _check_strides(levels) -> list[int]:
     strides = [int(s) for s in levels]
     if not strides or any(s < 1 for s in strides):
         raise ValueError(f"patchvq: levels must be a non-empty list of positive strides, got {levels!r}")
-    for prev, s in zip(strides, strides[1:]):
+    for prev, s in itertools.pairwise(strides):
         ratio = s // strides[0]
         if s <= prev or s % strides[0] or ratio & (ratio - 1):
             raise ValueError(f"patchvq: levels must be ascending power-of-two multiples of the first, got {levels!r}")
