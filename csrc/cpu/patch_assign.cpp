@@ -7,6 +7,9 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <cmath>
+#include <memory>
 #include <vector>
 
 #include "nearest_code.h"
@@ -61,44 +64,78 @@ at::Tensor checked_choice(const at::Tensor& choice, int64_t batch, int64_t coars
   return c;
 }
 
-// The chosen cells of one level, as flat positions b * H_l * W_l + y * W_l + x in row-major order.
-std::vector<int64_t> chosen_cells(const int64_t* choice, int64_t level, int64_t batch, int64_t h, int64_t w,
-                                  int64_t cells_per_patch, int64_t coarse_w, int64_t coarse_h) {
+// The chosen cells of one level, as flat positions b * H_l * W_l + y * W_l + x in row-major
+// order, with row_begin[b * H_l + y] the position in `cells` where grid row (b, y) starts.
+struct ChosenCells {
   std::vector<int64_t> cells;
+  std::vector<int64_t> column;  // x * (the level's x stride) of each chosen cell
+  std::vector<int64_t> row_begin;
+};
+
+ChosenCells chosen_cells(const int64_t* choice, int64_t level, int64_t batch, int64_t h, int64_t w,
+                         int64_t cells_per_patch, int64_t coarse_w, int64_t coarse_h, int64_t stride_x) {
+  ChosenCells chosen;
+  chosen.row_begin.reserve(batch * h + 1);
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t y = 0; y < h; ++y) {
+      chosen.row_begin.push_back(static_cast<int64_t>(chosen.cells.size()));
       const int64_t* row = choice + (b * coarse_h + y / cells_per_patch) * coarse_w;
       for (int64_t x = 0; x < w; ++x)
-        if (row[x / cells_per_patch] == level) cells.push_back((b * h + y) * w + x);
+        if (row[x / cells_per_patch] == level) {
+          chosen.cells.push_back((b * h + y) * w + x);
+          chosen.column.push_back(x * stride_x);
+        }
     }
-  return cells;
+  chosen.row_begin.push_back(static_cast<int64_t>(chosen.cells.size()));
+  return chosen;
+}
+
+// Copies the chosen vectors of `level` [B, D, H, W] (any strides) into rows [M, D] and returns
+// whether every copied value is finite. Works one grid row at a time, channel by channel, so each
+// channel's row of values is read contiguously (NCHW) while the output rows being filled stay in cache.
+template <typename scalar_t>
+bool gather_rows(const at::Tensor& level, const ChosenCells& chosen, scalar_t* rows) {
+  const int64_t dim = level.size(1), h = level.size(2);
+  const int64_t sb = level.stride(0), sd = level.stride(1), sy = level.stride(2);
+  const scalar_t* src = level.data_ptr<scalar_t>();
+  const int64_t* column = chosen.column.data();
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, static_cast<int64_t>(chosen.row_begin.size()) - 1, 4, [&](int64_t begin, int64_t end) {
+    bool local = true;
+    for (int64_t grid_row = begin; grid_row < end; ++grid_row) {
+      const int64_t first = chosen.row_begin[grid_row], last = chosen.row_begin[grid_row + 1];
+      if (first == last) continue;
+      const scalar_t* line = src + (grid_row / h) * sb + (grid_row % h) * sy;
+      for (int64_t d = 0; d < dim; ++d) {
+        const scalar_t* channel = line + d * sd;
+        for (int64_t r = first; r < last; ++r) {
+          const scalar_t value = channel[column[r]];
+          local &= std::isfinite(value);
+          rows[r * dim + d] = value;
+        }
+      }
+    }
+    if (!local) finite.store(false, std::memory_order_relaxed);
+  });
+  return finite.load();
 }
 
 template <typename scalar_t>
-void assign_level(const at::Tensor& level, int64_t level_number, const std::vector<int64_t>& cells,
+void assign_level(const at::Tensor& level, int64_t level_number, const ChosenCells& chosen,
                   const at::Tensor& codebook, Metric metric, bool check_finite_values, int64_t* index,
                   scalar_t* level_distance) {
+  const std::vector<int64_t>& cells = chosen.cells;
   const int64_t m = static_cast<int64_t>(cells.size());
   if (m == 0) return;
-  const int64_t dim = level.size(1), h = level.size(2), w = level.size(3);
-  const int64_t sb = level.stride(0), sd = level.stride(1), sy = level.stride(2), sx = level.stride(3);
-  const scalar_t* src = level.data_ptr<scalar_t>();
-  std::vector<scalar_t> rows(m * dim);
-  at::parallel_for(0, m, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t cell = cells[r];
-      const int64_t x = cell % w, y = (cell / w) % h, b = cell / (w * h);
-      const scalar_t* v = src + b * sb + y * sy + x * sx;
-      scalar_t* dst = rows.data() + r * dim;
-      for (int64_t d = 0; d < dim; ++d) dst[d] = v[d * sd];
-    }
-  });
+  const int64_t dim = level.size(1);
+  std::unique_ptr<scalar_t[]> rows(new scalar_t[m * dim]);  // every element is written by the gather
+  const bool finite = gather_rows<scalar_t>(level, chosen, rows.get());
   if (check_finite_values)
-    TORCH_CHECK(all_finite(rows.data(), m * dim), "patchvq: levels[", level_number,
+    TORCH_CHECK(finite, "patchvq: levels[", level_number,
                 "] contains NaN or Inf in a chosen vector (shape ", level.sizes(), ")");
   std::vector<int64_t> found(m);
   std::vector<scalar_t> dist(m);
-  search_rows<scalar_t>(rows.data(), m, codebook.data_ptr<scalar_t>(), codebook.size(0), dim, metric, found.data(),
+  search_rows<scalar_t>(rows.get(), m, codebook.data_ptr<scalar_t>(), codebook.size(0), dim, metric, found.data(),
                         dist.data());
   for (int64_t r = 0; r < m; ++r) {
     index[cells[r]] = found[r];
@@ -168,10 +205,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign_cpu(con
       const int64_t h = lv.size(2), w = lv.size(3);
       at::Tensor index = at::full({batch, h, w}, -1, fine.options().dtype(at::kLong));
       level_distances[l].resize(batch * h * w);
-      const std::vector<int64_t> cells =
+      const ChosenCells chosen =
           chosen_cells(picks.data_ptr<int64_t>(), l, batch, h, w, coarse / factors[l], fine_w / coarse,
-                       fine_h / coarse);
-      assign_level<scalar_t>(lv, l, cells, cb, which, check_finite_values, index.data_ptr<int64_t>(),
+                       fine_h / coarse, lv.stride(3));
+      assign_level<scalar_t>(lv, l, chosen, cb, which, check_finite_values, index.data_ptr<int64_t>(),
                              level_distances[l].data());
       indices.push_back(index);
     }
