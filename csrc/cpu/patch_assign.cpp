@@ -7,6 +7,7 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <memory>
@@ -144,7 +145,7 @@ void assign_level(const at::Tensor& level, int64_t level_number, const ChosenCel
 }
 
 // Writes z_q [B, D, H, W] and distance [B, H, W] on the finest grid from each level's index
-// map; parallel over (batch, fine row).
+// map; parallel over (batch, fine row). Walks patch by patch, so no division per cell.
 template <typename scalar_t>
 void merge_fine(const int64_t* choice, const std::vector<int64_t>& factors, const std::vector<at::Tensor>& indices,
                 const std::vector<std::vector<scalar_t>>& level_distances, const scalar_t* codes, int64_t batch,
@@ -154,22 +155,24 @@ void merge_fine(const int64_t* choice, const std::vector<int64_t>& factors, cons
   std::vector<const int64_t*> index_maps;
   for (const auto& index : indices) index_maps.push_back(index.data_ptr<int64_t>());
   at::parallel_for(0, batch * fine_h, 8, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> row_code(fine_w);
+    std::vector<int64_t> code_offset(fine_w);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / fine_h, y = task % fine_h;
       const int64_t* patch_row = choice + (b * coarse_h + y / coarse) * coarse_w;
-      for (int64_t x = 0; x < fine_w; ++x) {
-        const int64_t level = patch_row[x / coarse];
-        const int64_t f = factors[level];
-        const int64_t lw = fine_w / f;
-        const int64_t cell = (b * (fine_h / f) + y / f) * lw + x / f;
-        row_code[x] = index_maps[level][cell];
-        distance[(b * fine_h + y) * fine_w + x] = level_distances[level][cell];
+      scalar_t* distance_row = distance + (b * fine_h + y) * fine_w;
+      for (int64_t j = 0, x = 0; j < coarse_w; ++j) {
+        const int64_t level = patch_row[j], f = factors[level], per_patch = coarse / f;
+        const int64_t first_cell = (b * (fine_h / f) + y / f) * (fine_w / f) + j * per_patch;
+        for (int64_t cell = first_cell; cell < first_cell + per_patch; ++cell)
+          for (int64_t k = 0; k < f; ++k, ++x) {
+            code_offset[x] = index_maps[level][cell] * dim;
+            distance_row[x] = level_distances[level][cell];
+          }
       }
       scalar_t* out = z_q + b * dim * plane + y * fine_w;
       for (int64_t d = 0; d < dim; ++d) {
         scalar_t* dst = out + d * plane;
-        for (int64_t x = 0; x < fine_w; ++x) dst[x] = codes[row_code[x] * dim + d];
+        for (int64_t x = 0; x < fine_w; ++x) dst[x] = codes[code_offset[x] + d];
       }
     }
   });
@@ -219,7 +222,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign_cpu(con
 }
 
 // grads[l][b, d, cell] = sum of grad_z_q over the cell's f_l x f_l fine block where the cell's
-// patch chose level l, else 0. Parallel over (batch, channel) planes.
+// patch chose level l, else 0. Parallel over (batch, channel) planes; walks patch by patch.
 template <typename scalar_t>
 void sum_covered(const scalar_t* grad, const int64_t* choice, const std::vector<int64_t>& factors, int64_t batch,
                  int64_t dim, int64_t fine_h, int64_t fine_w, std::vector<scalar_t*>& grads) {
@@ -227,21 +230,27 @@ void sum_covered(const scalar_t* grad, const int64_t* choice, const std::vector<
   const int64_t coarse_h = fine_h / coarse, coarse_w = fine_w / coarse;
   at::parallel_for(0, batch * dim, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t b = plane / dim;
       const scalar_t* g = grad + plane * fine_h * fine_w;
+      const int64_t* patches = choice + (plane / dim) * coarse_h * coarse_w;
       for (size_t l = 0; l < factors.size(); ++l) {
-        const int64_t f = factors[l], h = fine_h / f, w = fine_w / f, per_patch = coarse / f;
-        scalar_t* out = grads[l] + plane * h * w;
-        for (int64_t y = 0; y < h; ++y) {
-          const int64_t* patch_row = choice + (b * coarse_h + y / per_patch) * coarse_w;
-          for (int64_t x = 0; x < w; ++x) {
-            scalar_t total = 0;
-            if (patch_row[x / per_patch] == static_cast<int64_t>(l))
-              for (int64_t dy = 0; dy < f; ++dy) {
-                const scalar_t* src = g + (y * f + dy) * fine_w + x * f;
-                for (int64_t dx = 0; dx < f; ++dx) total += src[dx];
-              }
-            out[y * w + x] = total;
+        const int64_t f = factors[l], w = fine_w / f, per_patch = coarse / f;
+        scalar_t* out = grads[l] + plane * (fine_h / f) * w;
+        for (int64_t y = 0; y < fine_h / f; ++y) {
+          const int64_t* patch_row = patches + (y / per_patch) * coarse_w;
+          const scalar_t* block_row = g + y * f * fine_w;
+          for (int64_t j = 0; j < coarse_w; ++j) {
+            scalar_t* cell = out + y * w + j * per_patch;
+            if (patch_row[j] != static_cast<int64_t>(l)) {
+              std::fill(cell, cell + per_patch, scalar_t(0));
+              continue;
+            }
+            const scalar_t* block = block_row + j * coarse;
+            for (int64_t xx = 0; xx < per_patch; ++xx) {
+              scalar_t total = 0;
+              for (int64_t dy = 0; dy < f; ++dy)
+                for (int64_t dx = 0; dx < f; ++dx) total += block[dy * fine_w + xx * f + dx];
+              cell[xx] = total;
+            }
           }
         }
       }
