@@ -92,8 +92,9 @@ ChosenCells chosen_cells(const int64_t* choice, int64_t level, int64_t batch, in
 }
 
 // Copies the chosen vectors of `level` [B, D, H, W] (any strides) into rows [M, D] and returns
-// whether every copied value is finite. Works one grid row at a time, channel by channel, so each
-// channel's row of values is read contiguously (NCHW) while the output rows being filled stay in cache.
+// whether every copied value is finite. Works one grid row at a time, so the lines holding that
+// row's values in every channel are loaded once and stay in L1 while its output rows are written
+// contiguously.
 template <typename scalar_t>
 bool gather_rows(const at::Tensor& level, const ChosenCells& chosen, scalar_t* rows) {
   const int64_t dim = level.size(1), h = level.size(2);
@@ -107,12 +108,13 @@ bool gather_rows(const at::Tensor& level, const ChosenCells& chosen, scalar_t* r
       const int64_t first = chosen.row_begin[grid_row], last = chosen.row_begin[grid_row + 1];
       if (first == last) continue;
       const scalar_t* line = src + (grid_row / h) * sb + (grid_row % h) * sy;
-      for (int64_t d = 0; d < dim; ++d) {
-        const scalar_t* channel = line + d * sd;
-        for (int64_t r = first; r < last; ++r) {
-          const scalar_t value = channel[column[r]];
+      for (int64_t r = first; r < last; ++r) {
+        const scalar_t* cell = line + column[r];
+        scalar_t* out = rows + r * dim;
+        for (int64_t d = 0; d < dim; ++d) {
+          const scalar_t value = cell[d * sd];
           local &= std::isfinite(value);
-          rows[r * dim + d] = value;
+          out[d] = value;
         }
       }
     }
