@@ -17,13 +17,13 @@ def make_layer(dim=8, levels=(8, 16, 32), **settings):
     return PatchVQ(dim, levels, **settings)
 
 
-def plain_composition(levels, level_map, codebook):
+def plain_composition(levels, level_map, codebook, metric="l2"):
     """Quantise every level in full with nearest_code, select with the level map, upsample."""
     factors = [levels[0].shape[2] // lv.shape[2] for lv in levels]
     z_q = None
     for level, (lv, f) in enumerate(zip(levels, factors)):
         batch, dim, h, w = lv.shape
-        index, _ = patchvq.nearest_code(lv.permute(0, 2, 3, 1).reshape(-1, dim), codebook)
+        index, _ = patchvq.nearest_code(lv.permute(0, 2, 3, 1).reshape(-1, dim), codebook, metric)
         codes = codebook[index].reshape(batch, h, w, dim).permute(0, 3, 1, 2)
         up = F.interpolate(codes, scale_factor=f, mode="nearest")
         hit = F.interpolate((level_map == level)[:, None].float(), scale_factor=factors[-1], mode="nearest") > 0
@@ -217,3 +217,16 @@ def test_drop_in_replacement_trains():
             optimiser.step()
             losses.append(F.mse_loss(recon, images).item())
         assert losses[-1] < 0.5 * losses[0], (type(quantizer).__name__, losses[0], losses[-1])
+
+
+def test_cosine_metric_quantises_unit_vectors():
+    layer = make_layer(metric="cosine")
+    x = torch.randn(2, 8, 16, 16)
+    layer(x)  # k-means initialisation of the codebook
+    out = layer.eval()(x)
+    norms = out.z_q.norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    with torch.no_grad():
+        unit = [F.normalize(lv, dim=1) for lv in layer.levels_of(x)]
+        want = plain_composition(unit, out.level_map, layer.codebook.weight, "cosine")
+    assert torch.equal(out.z_q, want)
