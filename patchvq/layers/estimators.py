@@ -11,6 +11,28 @@ def straight_through(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
     return x + (quantized - x).detach()
 
 
+class _StraightThroughCodes(torch.autograd.Function):
+    @staticmethod
+    def forward(x: torch.Tensor, codes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return F.embedding(index, codes).to(x.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None, None
+
+
+def straight_through_codes(x: torch.Tensor, codes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """codes[index] [N, D] (in x's dtype) whose gradient goes to x [N, D] unchanged and not to codes.
+
+    The same values and gradients as straight_through(x, codes[index]) without its two N x D temporaries.
+    """
+    return _StraightThroughCodes.apply(x, codes, index)
+
+
 def rotation_trick(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
     """Forward: quantized; backward: through the rotation and rescaling that maps x onto quantized.
 

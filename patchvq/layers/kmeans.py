@@ -2,7 +2,7 @@
 
 Works on a bounded sample of the rows (`sample_size`), so its memory is O(sample x D) and
 no N x K or sample x K matrix is ever formed: seeding keeps one running distance per sample
-row, Lloyd steps use the fused search and the per-code sums.
+row and updates it with the fused search, Lloyd steps use the fused search and the per-code sums.
 """
 
 import torch
@@ -22,28 +22,32 @@ def prepare(x: torch.Tensor, metric: str) -> torch.Tensor:
     return F.normalize(x, dim=-1) if metric == "cosine" else x
 
 
-def _distance_to_one(x: torch.Tensor, center: torch.Tensor, metric: str) -> torch.Tensor:
-    if metric == "cosine":
-        return (1.0 - x @ center).clamp_min(0.0)
-    return (x - center).pow(2).sum(-1)
-
-
-def seed(x: torch.Tensor, num_codes: int, metric: str = "l2") -> torch.Tensor:
+def seed(x: torch.Tensor, num_codes: int, metric: str = "l2", rounds: int = 32) -> torch.Tensor:
     """k-means++ seeds [num_codes, D] drawn from the rows of x [S, D] (S >= 1), already `prepare`d.
 
-    Each new seed is a row drawn with probability proportional to its distance to the nearest
-    seed so far (uniformly when all distances are zero). With S < num_codes rows some seeds repeat.
+    After a uniformly drawn first seed, each of about `rounds` rounds draws a batch of distinct
+    rows with probability proportional to their distance to the nearest seed so far (plain
+    k-means++ when num_codes <= rounds + 1), then updates those distances with one fused search
+    against the new batch: the whole seeding costs about one Lloyd step. With S <= num_codes
+    every row is a seed and the rest repeat random rows.
     """
     rows = x.shape[0]
-    centers = x.new_empty(num_codes, x.shape[1])
-    centers[0] = x[torch.randint(rows, ())]
-    nearest = _distance_to_one(x, centers[0], metric)
-    for i in range(1, num_codes):
-        # All-zero distances (every row already a seed) fall back to uniform draws.
-        weights = nearest + (nearest.sum() <= 0).to(nearest.dtype)
-        centers[i] = x[torch.multinomial(weights, 1)[0]]
-        nearest = torch.minimum(nearest, _distance_to_one(x, centers[i], metric))
-    return centers
+    if rows <= num_codes:
+        return torch.cat([x[torch.randperm(rows, device=x.device)],
+                          x[torch.randint(rows, (num_codes - rows,), device=x.device)]])
+    per_round = max(1, -(-(num_codes - 1) // rounds))
+    seeds = [x[torch.randint(rows, (1,), device=x.device)]]
+    nearest = nearest_code(x, seeds[0], metric)[1].double()
+    taken = 1
+    while taken < num_codes:
+        batch = min(per_round, num_codes - taken)
+        # A floor on every weight keeps the draw valid when fewer than `batch` rows are off the seeds.
+        weights = nearest.clamp_min(0.0)
+        weights = weights + weights.max().clamp_min(1.0) * 1e-12
+        seeds.append(x[torch.multinomial(weights, batch)])
+        nearest = torch.minimum(nearest, nearest_code(x, seeds[-1], metric)[1].double())
+        taken += batch
+    return torch.cat(seeds)
 
 
 def lloyd(x: torch.Tensor, centers: torch.Tensor, iters: int, metric: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:

@@ -148,30 +148,43 @@ class VectorQuantize(torch.nn.Module):
         index, _ = book.search(rows.detach())
         if valid is not None:
             index = torch.where(valid, index, torch.full_like(index, -1))
-        codes = book.codes() if self.learnable_codebook and not frozen else book.codes().detach()
-        quantized = F.embedding(index.clamp_min(0), codes).to(rows.dtype)
+        out, quantized = self._quantize(rows, index.clamp_min(0), frozen)
         loss = self._loss(rows, quantized, valid)
         if self.training and not frozen:
             book.ema_update(rows, index)
-        out = quantized
-        if self.training and self.route_gradients_to_input and rows.requires_grad:
-            estimator = estimators.rotation_trick if self.rotation_trick else estimators.straight_through
-            out = estimator(rows, quantized)
         out = self.project_out(out).to(x.dtype)
         if valid is not None:
             kept = torch.zeros_like(out) if self.return_zeros_for_masked_padding else layout.to_rows(x, shape)
             out = torch.where(valid[:, None], out, kept)
         return layout.from_rows(out, shape), index.reshape(shape.index_shape), loss
 
+    def _quantize(self, rows: torch.Tensor, index: torch.Tensor, frozen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output rows with the gradient estimator applied, quantised rows for the loss), both [M, codebook_dim].
+
+        Straight-through gathers the codes in one autograd node whose gradient goes to `rows`, so
+        no x + (q - x).detach() temporaries are made; the loss then reads the same values.
+        """
+        codes = self.codebook_module.codes()
+        learning = self.learnable_codebook and not frozen
+        estimating = self.training and self.route_gradients_to_input and rows.requires_grad
+        if estimating and not self.rotation_trick:
+            out = estimators.straight_through_codes(rows, codes.detach(), index)
+            quantized = F.embedding(index, codes).to(rows.dtype) if learning else out.detach()
+            return out, quantized
+        quantized = F.embedding(index, codes if learning else codes.detach()).to(rows.dtype)
+        return (estimators.rotation_trick(rows, quantized) if estimating else quantized), quantized
+
     def _loss(self, rows: torch.Tensor, quantized: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        """commitment_weight * mean over real rows and channels of (rows - q)^2; q detached unless learnable."""
-        if not self.training or self.commitment_weight <= 0:
+        """commitment_weight * mean over real rows and channels of (rows - q)^2; q detached unless learnable.
+
+        Zero in eval and when there is no real row (an empty or all-masked batch).
+        """
+        if not self.training or self.commitment_weight <= 0 or rows.shape[0] == 0:
             return torch.zeros((), device=rows.device)
         target = quantized if self.learnable_codebook else quantized.detach()
-        error = (rows - target).float().pow(2)
         if valid is None:
-            return error.mean() * self.commitment_weight
-        per_row = error.sum(-1) * valid
+            return F.mse_loss(rows.float(), target.float()) * self.commitment_weight
+        per_row = (rows - target).float().pow(2).sum(-1) * valid
         real = valid.sum() * rows.shape[-1]
         return per_row.sum() / real.clamp_min(1) * self.commitment_weight
 
