@@ -200,33 +200,19 @@ class TinyAutoencoder(torch.nn.Module):
 def test_drop_in_replacement_trains():
     torch.manual_seed(0)
     images = torch.rand(4, 3, 32, 32)
-    for quantizer in (
-        patchvq.VectorQuantize(16, 32, accept_image_fmap=True, kmeans_init=True),
-        PatchVQ(16, levels=(4, 8), num_codes=32),
-    ):
-        model = TinyAutoencoder(quantizer)
-        optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-        losses = []
-        for step in range(30):
-            if isinstance(quantizer, PatchVQ):
-                quantizer.set_progress(step / 30)
-            recon, vq_loss = model(images)
-            loss = F.mse_loss(recon, images) + vq_loss
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            losses.append(F.mse_loss(recon, images).item())
-        assert losses[-1] < 0.5 * losses[0], (type(quantizer).__name__, losses[0], losses[-1])
-
-
-def test_cosine_metric_quantises_unit_vectors():
-    layer = make_layer(metric="cosine")
-    x = torch.randn(2, 8, 16, 16)
-    layer(x)  # k-means initialisation of the codebook
-    out = layer.eval()(x)
-    norms = out.z_q.norm(dim=1)
-    torch.testing.assert_close(norms, torch.ones_like(norms))
-    with torch.no_grad():
-        unit = [F.normalize(lv, dim=1) for lv in layer.levels_of(x)]
-        want = plain_composition(unit, out.level_map, layer.codebook.weight, "cosine")
-    assert torch.equal(out.z_q, want)
+    before = TinyAutoencoder(patchvq.VectorQuantize(16, 32, accept_image_fmap=True, kmeans_init=True))
+    after = TinyAutoencoder(PatchVQ(16, levels=(4, 8), num_codes=32))
+    recon_before, _ = before(images)
+    recon_after, _ = after(images)
+    assert recon_after.shape == recon_before.shape == images.shape
+    optimiser = torch.optim.Adam(after.parameters(), lr=3e-3)
+    losses = []
+    for step in range(30):
+        after.quantizer.set_progress(step / 30)
+        recon, vq_loss = after(images)
+        loss = F.mse_loss(recon, images) + vq_loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(F.mse_loss(recon, images).item())
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
