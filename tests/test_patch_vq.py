@@ -216,3 +216,16 @@ def test_drop_in_replacement_trains():
         optimiser.step()
         losses.append(F.mse_loss(recon, images).item())
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+
+
+def test_cosine_metric_quantises_unit_vectors():
+    layer = make_layer(metric="cosine")
+    x = torch.randn(2, 8, 16, 16)
+    layer(x)  # k-means initialisation of the codebook
+    out = layer.eval()(x)
+    norms = out.z_q.norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    with torch.no_grad():
+        unit = [F.normalize(lv, dim=1) for lv in layer.levels_of(x)]
+        want = plain_composition(unit, out.level_map, layer.codebook.weight, "cosine")
+    assert torch.equal(out.z_q, want)
