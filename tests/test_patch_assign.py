@@ -294,7 +294,7 @@ def test_native_kernel_checks_its_own_arguments():
     native.cpu_extension()
     levels = make_levels(1, 4, (8, 8), (1, 2, 4))
     codebook = torch.randn(3, 4)
-    with pytest.raises(RuntimeError, match="choice"):
+    with pytest.raises(ValueError, match="choice"):
         torch.ops.patchvq.patch_assign(levels, torch.full((1, 2, 2), 5), codebook)
     with pytest.raises(RuntimeError, match="finest first"):
         torch.ops.patchvq.patch_assign([levels[1], levels[1]], torch.zeros(1, 4, 4, dtype=torch.int64), codebook)

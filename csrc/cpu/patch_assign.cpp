@@ -60,7 +60,7 @@ at::Tensor checked_choice(const at::Tensor& choice, int64_t batch, int64_t coars
   at::Tensor c = choice.to(at::kLong).contiguous();
   const int64_t* p = c.data_ptr<int64_t>();
   for (int64_t i = 0; i < c.numel(); ++i)
-    TORCH_CHECK(p[i] >= 0 && p[i] < num_levels, "patchvq: choice holds level ", p[i], " at flat position ", i,
+    TORCH_CHECK_VALUE(p[i] >= 0 && p[i] < num_levels, "patchvq: choice holds level ", p[i], " at flat position ", i,
                 "; values must lie in [0, ", num_levels, ")");
   return c;
 }
@@ -134,7 +134,7 @@ void assign_level(const at::Tensor& level, int64_t level_number, const ChosenCel
   std::unique_ptr<scalar_t[]> rows(new scalar_t[m * dim]);  // every element is written by the gather
   const bool finite = gather_rows<scalar_t>(level, chosen, rows.get());
   if (check_finite_values)
-    TORCH_CHECK(finite, "patchvq: levels[", level_number,
+    TORCH_CHECK_VALUE(finite, "patchvq: levels[", level_number,
                 "] contains NaN or Inf in a chosen vector (shape ", level.sizes(), ")");
   std::vector<int64_t> found(m);
   std::vector<scalar_t> dist(m);
@@ -203,7 +203,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign_cpu(con
   at::Tensor z_q = at::empty({batch, dim, fine_h, fine_w}, options);
   at::Tensor distance = at::empty({batch, fine_h, fine_w}, options);
   AT_DISPATCH_FLOATING_TYPES(acc, "patchvq::patch_assign", [&] {
-    if (check_finite_values) check_finite<scalar_t>(cb, "codebook");
+    if (check_finite_values)
+      TORCH_CHECK_VALUE(all_finite(cb.data_ptr<scalar_t>(), cb.numel()), "patchvq: codebook contains NaN or Inf (shape ",
+                        cb.sizes(), ")");
     std::vector<std::vector<scalar_t>> level_distances(num_levels);
     for (int64_t l = 0; l < num_levels; ++l) {
       const at::Tensor lv = levels[l].to(acc);
