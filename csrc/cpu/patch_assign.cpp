@@ -204,8 +204,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign_cpu(con
   at::Tensor distance = at::empty({batch, fine_h, fine_w}, options);
   AT_DISPATCH_FLOATING_TYPES(acc, "patchvq::patch_assign", [&] {
     if (check_finite_values)
-      TORCH_CHECK_VALUE(all_finite(cb.data_ptr<scalar_t>(), cb.numel()), "patchvq: codebook contains NaN or Inf (shape ",
-                        cb.sizes(), ")");
+      TORCH_CHECK_VALUE(all_finite(cb.data_ptr<scalar_t>(), cb.numel()),
+                        "patchvq: codebook contains NaN or Inf (shape ", cb.sizes(), ")");
     std::vector<std::vector<scalar_t>> level_distances(num_levels);
     for (int64_t l = 0; l < num_levels; ++l) {
       const at::Tensor lv = levels[l].to(acc);

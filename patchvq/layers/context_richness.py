@@ -33,9 +33,8 @@ def context_richness(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     a smooth ramp or a single edge lands in between, texture close to 1.
     """
     if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.dim() != 4:
-        raise ValueError(
-            f"patchvq: images must be a floating [B, C, H, W] tensor, got {getattr(images, 'shape', type(images).__name__)}"
-        )
+        got = f"shape {tuple(images.shape)}, {images.dtype}" if isinstance(images, torch.Tensor) else type(images)
+        raise ValueError(f"patchvq: images must be a floating [B, C, H, W] tensor, got {got}")
     if not isinstance(patch_size, int) or patch_size < 4 or patch_size % 4:
         raise ValueError(f"patchvq: patch_size must be a positive multiple of 4, got {patch_size!r}")
     batch, channels, h, w = images.shape
