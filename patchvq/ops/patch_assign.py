@@ -42,7 +42,7 @@ def fake_backward(grad_z_q, choice, factors):
 
 
 def setup_context(ctx, inputs, output):
-    levels, choice, _, _, _ = inputs
+    levels, choice = inputs[0], inputs[1]
     fine_h = levels[0].shape[2]
     ctx.factors = [fine_h // lv.shape[2] for lv in levels]
     ctx.dtypes = [lv.dtype for lv in levels]
@@ -53,7 +53,9 @@ def backward(ctx, grad_z_q, grad_indices, grad_distance):
     (choice,) = ctx.saved_tensors
     run = backend.implementation("patch_assign_backward", grad_z_q.device)
     grads = run(grad_z_q.contiguous(), choice, ctx.factors)
-    return [g.to(dt) for g, dt in zip(grads, ctx.dtypes)], None, None, None, None
+    # One entry per input the op was called with (trailing defaults may be left out of the call).
+    others = [None] * (len(ctx.needs_input_grad) - 1)
+    return [g.to(dt) for g, dt in zip(grads, ctx.dtypes)], *others
 
 
 @native.on_load

@@ -71,6 +71,8 @@ def patch_levels(levels: list[torch.Tensor], choice: torch.Tensor, cb: torch.Ten
     factors = []
     for i, lv in enumerate(levels):
         b, d, h, w = lv.shape
+        if lv.dtype != levels[0].dtype:
+            raise TypeError(f"patchvq: levels[{i}] has dtype {lv.dtype} but levels[0] has {levels[0].dtype}")
         if (b, d) != (batch, dim):
             raise ValueError(f"patchvq: levels[{i}] has B, D = {b}, {d} but levels[0] has {batch}, {dim}")
         if h == 0 or w == 0 or fine_h % h or fine_w % w or fine_h // h != fine_w // w:

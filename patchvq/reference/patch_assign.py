@@ -1,5 +1,7 @@
 """Reference patch-aware assignment: quantise each patch at its chosen level, merge on the finest grid."""
 
+from collections.abc import Callable
+
 import torch
 
 from patchvq.reference.nearest_code import nearest_code
@@ -15,6 +17,23 @@ def chosen_cells(choice: torch.Tensor, level: int, cells_per_patch: int) -> torc
     """Bool[B, H_l, W_l]: the cells of level `level` whose patch chose that level."""
     hit = choice == level
     return hit.repeat_interleave(cells_per_patch, 1).repeat_interleave(cells_per_patch, 2)
+
+
+def check_choice(choice: torch.Tensor, num_levels: int) -> None:
+    """Raise ValueError unless every value of choice is a level index in [0, num_levels)."""
+    if choice.numel() and not bool(((choice >= 0) & (choice < num_levels)).all()):
+        bad = choice[(choice < 0) | (choice >= num_levels)][0].item()
+        raise ValueError(f"patchvq: choice holds level {bad}; values must lie in [0, {num_levels})")
+
+
+def straight_through(vectors: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Exactly `codes` in the forward pass; the gradient passes to `vectors` unchanged, none to codes."""
+    return codes.detach() + (vectors - vectors.detach())
+
+
+def upsample(t: torch.Tensor, factor: int, first_dim: int) -> torch.Tensor:
+    """Nearest upsampling of the two grid dims starting at `first_dim` by an integer factor."""
+    return t.repeat_interleave(factor, first_dim).repeat_interleave(factor, first_dim + 1)
 
 
 def patch_assign(
@@ -33,6 +52,7 @@ def patch_assign(
     int64[B, H_l, W_l] (-1 where not chosen) and distance[B, H_0, W_0] of the covering vector.
     """
     factors = level_factors(levels)
+    check_choice(choice, len(levels))
     coarse = factors[-1]
     fine = levels[0]
     batch, dim, fine_h, fine_w = fine.shape
@@ -49,14 +69,46 @@ def patch_assign(
         indices.append(index)
         codes = torch.zeros_like(vectors)
         codes[cells] = codebook[idx].to(vectors.dtype)
-        straight_through = vectors + (codes - vectors).detach()
         level_dist = torch.zeros(cells.shape, dtype=acc, device=fine.device)
         level_dist[cells] = dist
-        up_cells = cells.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
-        up = straight_through.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+        up_cells = upsample(cells, factor, 1)
+        up = upsample(straight_through(vectors, codes), factor, 1)
         z_q = torch.where(up_cells[:, None], up.permute(0, 3, 1, 2), z_q)
-        up_dist = level_dist.repeat_interleave(factor, 1).repeat_interleave(factor, 2)
-        distance = torch.where(up_cells, up_dist, distance)
+        distance = torch.where(up_cells, upsample(level_dist, factor, 1), distance)
+    return z_q, indices, distance
+
+
+def patch_assign_dense(
+    levels: list[torch.Tensor],
+    choice: torch.Tensor,
+    codebook: torch.Tensor,
+    metric: str = "l2",
+    search: Callable[..., tuple[torch.Tensor, torch.Tensor]] = nearest_code,
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """The plain composition patch_assign replaces: quantise every level in full, select, upsample.
+
+    `search(x[N, D], codebook, metric) -> (index, distance)` quantises all vectors of every level
+    (nearest_code by default); choice then selects per patch which level's codes fill z_q.
+    Same outputs and straight-through gradient as patch_assign, at the cost of searching every
+    vector of every level.
+    """
+    factors = level_factors(levels)
+    check_choice(choice, len(levels))
+    coarse = factors[-1]
+    z_q, distance, indices = None, None, []
+    for level, (features, factor) in enumerate(zip(levels, factors)):
+        batch, dim, h, w = features.shape
+        vectors = features.permute(0, 2, 3, 1)
+        idx, dist = search(vectors.reshape(-1, dim), codebook, metric)
+        idx, dist = idx.reshape(batch, h, w), dist.reshape(batch, h, w)
+        cells = chosen_cells(choice, level, coarse // factor)
+        indices.append(torch.where(cells, idx, torch.full_like(idx, -1)))
+        codes = codebook[idx].to(features.dtype)
+        up = upsample(straight_through(vectors, codes), factor, 1).permute(0, 3, 1, 2)
+        up_cells = upsample(cells, factor, 1)
+        up_dist = upsample(dist, factor, 1)
+        z_q = up if z_q is None else torch.where(up_cells[:, None], up, z_q)
+        distance = up_dist if distance is None else torch.where(up_cells, up_dist, distance)
     return z_q, indices, distance
 
 
