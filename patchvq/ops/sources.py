@@ -47,4 +47,18 @@ def cpu_ldflags() -> list[str]:
 
 
 def cuda_cflags() -> list[str]:
-    return ["-O3", "-std=c++17", "-lineinfo"]
+    """nvcc flags beyond torch's own; the C++ standard is left to torch (its headers set the minimum)."""
+    return ["-O3", "-lineinfo"]
+
+
+CUDA_ARCHES = ("80", "90")
+
+
+def cuda_arch_flags() -> list[str]:
+    """Machine code for Ampere (sm_80) and Hopper (sm_90) plus sm_90 PTX for newer parts.
+
+    Used for ahead-of-time builds and the compile check; a JIT build leaves the choice to torch,
+    which targets the GPU present (or TORCH_CUDA_ARCH_LIST).
+    """
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHES]
+    return flags + [f"-gencode=arch=compute_{CUDA_ARCHES[-1]},code=compute_{CUDA_ARCHES[-1]}"]

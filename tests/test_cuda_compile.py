@@ -1,0 +1,80 @@
+"""Compile-only check of the CUDA kernels: nvcc builds each csrc/cuda/*.cu for sm_80 and sm_90.
+
+Runs without a GPU (nothing is linked or launched). The .cu files need only ATen and the CUDA
+runtime headers, which a CPU build of torch and the CUDA toolkit provide; the glue
+(register.cpp) needs c10/cuda and ATen/cuda headers and the CUDA libraries' headers, which go
+with a CUDA build of torch.
+The nvcc runs start together in a module fixture, so the files build in parallel.
+"""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils import cpp_extension
+
+from patchvq.ops import sources
+
+NVCC = shutil.which("nvcc") or (str(Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc") if cpp_extension.CUDA_HOME else None)
+KERNELS = sorted(p.name for p in (sources.csrc_dir() / "cuda").glob("*.cu"))
+GLUE = sources.csrc_dir() / "cuda" / "register.cpp"
+
+pytestmark = pytest.mark.skipif(
+    NVCC is None or not Path(NVCC).is_file(), reason="nvcc not found (no CUDA toolkit on PATH or CUDA_HOME)"
+)
+
+
+def nvcc_command(source: Path, output: Path) -> list[str]:
+    """The nvcc line of an extension build (torch's own nvcc flags, ours, both architectures), -c only."""
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sources.csrc_dir()}"]
+    return [
+        NVCC, "-c", str(source), "-o", str(output), "-std=c++20", "-Xcompiler", "-fPIC",
+        *cpp_extension.COMMON_NVCC_FLAGS, *sources.cuda_cflags(), *sources.cuda_arch_flags(), *includes,
+    ]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """Each .cu file's finished nvcc run, all started at once."""
+    out = tmp_path_factory.mktemp("nvcc")
+    running = {
+        name: subprocess.Popen(
+            nvcc_command(sources.csrc_dir() / "cuda" / name, out / f"{name}.o"),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for name in KERNELS
+    }
+    results = {}
+    for name, proc in running.items():
+        log, _ = proc.communicate(timeout=600)
+        results[name] = (proc.returncode, log, out / f"{name}.o")
+    return results
+
+
+def test_every_op_has_a_cuda_kernel_file():
+    assert KERNELS == ["code_stats.cu", "nearest_code.cu", "patch_assign.cu"]
+    assert GLUE.is_file()
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_kernel_compiles_for_sm80_and_sm90(compiled, name):
+    returncode, log, obj = compiled[name]
+    assert returncode == 0, f"nvcc failed on {name}:\n{log[-4000:]}"
+    assert obj.stat().st_size > 0
+    assert "warning" not in log.lower() or "csrc/cuda" not in log, f"nvcc warns about {name}:\n{log[-4000:]}"
+    cuobjdump = shutil.which("cuobjdump", path=str(Path(NVCC).parent))
+    if cuobjdump:
+        listing = subprocess.run([cuobjdump, "--list-elf", str(obj)], capture_output=True, text=True).stdout
+        assert "sm_80" in listing and "sm_90" in listing, listing
+
+
+def test_glue_compiles_where_torch_has_cuda_headers(tmp_path):
+    if torch.version.cuda is None:
+        pytest.skip(f"torch {torch.__version__} is a CPU build: register.cpp builds only against a CUDA build of torch")
+    cuda_include = Path(NVCC).parents[1] / "include"
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{cuda_include}", f"-I{sources.csrc_dir()}"]
+    cxx = shutil.which("c++") or shutil.which("g++")
+    result = subprocess.run([cxx, "-std=c++20", "-fsyntax-only", str(GLUE), *includes], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
