@@ -66,7 +66,7 @@ def test_kernel_compiles_for_sm80_and_sm90(compiled, name):
     assert "warning" not in log.lower() or "csrc/cuda" not in log, f"nvcc warns about {name}:\n{log[-4000:]}"
     cuobjdump = shutil.which("cuobjdump", path=str(Path(NVCC).parent))
     if cuobjdump:
-        listing = subprocess.run([cuobjdump, "--list-elf", str(obj)], capture_output=True, text=True).stdout
+        listing = subprocess.run([cuobjdump, "--list-elf", str(obj)], capture_output=True, text=True, check=False).stdout
         assert "sm_80" in listing and "sm_90" in listing, listing
 
 
@@ -76,5 +76,5 @@ def test_glue_compiles_where_torch_has_cuda_headers(tmp_path):
     cuda_include = Path(NVCC).parents[1] / "include"
     includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{cuda_include}", f"-I{sources.csrc_dir()}"]
     cxx = shutil.which("c++") or shutil.which("g++")
-    result = subprocess.run([cxx, "-std=c++20", "-fsyntax-only", str(GLUE), *includes], capture_output=True, text=True)
+    result = subprocess.run([cxx, "-std=c++20", "-fsyntax-only", str(GLUE), *includes], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -11,7 +11,6 @@ import os
 
 import pytest
 import torch
-
 from conftest import triton_missing
 
 pytestmark = pytest.mark.skipif(triton_missing() is not None, reason=str(triton_missing()))

@@ -169,7 +169,7 @@ def search(
     index = torch.empty(n, dtype=torch.int64, device=x.device)
     if n == 0:
         return index
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)
     _search_kernel[grid](
         x, offsets, codebook, code_norms, index,
         n, k, d,

@@ -69,8 +69,8 @@ def _backward_kernel(
     mine = ok & (chosen == level)
     base = bd * H * W + ly * factor * W + lx * factor
     total = tl.zeros([BLOCK], ACC)
-    for i in range(0, factor):
-        for j in range(0, factor):
+    for i in range(factor):
+        for j in range(factor):
             total += tl.load(grad_ptr + base + i * W + j, mask=mine, other=0.0).to(ACC)
     tl.store(out_ptr + elems, total.to(out_ptr.dtype.element_ty), mask=ok)
 
