@@ -17,7 +17,8 @@ from torch.utils import cpp_extension
 
 from patchvq.ops import sources
 
-NVCC = shutil.which("nvcc") or (str(Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc") if cpp_extension.CUDA_HOME else None)
+_HOME_NVCC = str(Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc") if cpp_extension.CUDA_HOME else None
+NVCC = shutil.which("nvcc") or _HOME_NVCC
 KERNELS = sorted(p.name for p in (sources.csrc_dir() / "cuda").glob("*.cu"))
 GLUE = sources.csrc_dir() / "cuda" / "register.cpp"
 
@@ -66,15 +67,18 @@ def test_kernel_compiles_for_sm80_and_sm90(compiled, name):
     assert "warning" not in log.lower() or "csrc/cuda" not in log, f"nvcc warns about {name}:\n{log[-4000:]}"
     cuobjdump = shutil.which("cuobjdump", path=str(Path(NVCC).parent))
     if cuobjdump:
-        listing = subprocess.run([cuobjdump, "--list-elf", str(obj)], capture_output=True, text=True, check=False).stdout
+        listing = subprocess.run(
+            [cuobjdump, "--list-elf", str(obj)], capture_output=True, text=True, check=False
+        ).stdout
         assert "sm_80" in listing and "sm_90" in listing, listing
 
 
 def test_glue_compiles_where_torch_has_cuda_headers(tmp_path):
     if torch.version.cuda is None:
-        pytest.skip(f"torch {torch.__version__} is a CPU build: register.cpp builds only against a CUDA build of torch")
+        pytest.skip(f"torch {torch.__version__} is a CPU build: register.cpp builds only against CUDA torch")
     cuda_include = Path(NVCC).parents[1] / "include"
     includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{cuda_include}", f"-I{sources.csrc_dir()}"]
     cxx = shutil.which("c++") or shutil.which("g++")
-    result = subprocess.run([cxx, "-std=c++20", "-fsyntax-only", str(GLUE), *includes], capture_output=True, text=True, check=False)
+    command = [cxx, "-std=c++20", "-fsyntax-only", str(GLUE), *includes]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -1,10 +1,10 @@
-"""The Triton kernels: registration as patchvq_triton ops, and what is specific to them.
+"""The Triton kernels' registration as patchvq_triton ops: lookup, backend routing, opcheck,
+torch.compile and autograd.
 
 On a machine without a GPU they run on CPU tensors under the Triton interpreter
-(TRITON_INTERPRET=1, set by conftest.py before Triton is imported). The generic op tests
-(tests/test_nearest_code.py and friends) run them too through the `kernel_backend` fixture;
-this file covers registration, torch.compile, the tiling edges (block boundaries, the
-chunked-D path, gathers from strided maps), atomics, and the half-precision exactness rule.
+(TRITON_INTERPRET=1, set by conftest.py before Triton is imported); with
+PATCHVQ_TEST_DEVICE=cuda on CUDA tensors. tests/test_gpu_kernels.py checks what the kernels
+compute.
 """
 
 import os
@@ -21,21 +21,15 @@ if triton_missing() is None:
 
 
 @pytest.fixture
-def device() -> torch.device:
-    """CUDA when asked for ($PATCHVQ_TEST_DEVICE), else CPU tensors under the interpreter."""
-    name = os.environ.get("PATCHVQ_TEST_DEVICE", "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        pytest.skip("PATCHVQ_TEST_DEVICE asks for CUDA but no CUDA device is available")
-    if name == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+def device(device) -> torch.device:
+    """The test device; CPU tensors only under the interpreter."""
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("Triton runs CPU tensors only under TRITON_INTERPRET=1")
-    return torch.device(name)
+    return device
 
 
 def op(name):
     return triton_ops.lookup(name)
-
-
-# ---- registration ---------------------------------------------------------------------------
 
 
 def test_lookup_gives_a_registered_op_for_every_schema():
@@ -88,191 +82,3 @@ def test_gradients_of_the_distance_flow_through_the_registered_autograd(device):
     cb = torch.randn(5, 4, generator=g, dtype=torch.float64).to(device).requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: op("nearest_code")(a, b, "l2", True)[1], (x, cb))
     assert torch.autograd.gradcheck(lambda a, b: op("nearest_code")(a, b, "cosine", True)[1], (x, cb))
-
-
-# ---- nearest_code: the tiling --------------------------------------------------------------
-
-
-def assert_same_search(x, cb, metric="l2"):
-    index, distance = op("nearest_code")(x, cb, metric, True)
-    ref_index, ref_distance = reference.nearest_code(x.cpu(), cb.cpu(), metric)
-    assert torch.equal(index.cpu(), ref_index)
-    eps = torch.finfo(ref_distance.dtype).eps
-    scale = (x.double().abs().cpu() + cb.double().cpu()[ref_index].abs()).pow(2).sum(1) if metric == "l2" else 1.0
-    tol = 4 * (x.shape[1] + 2) * eps * scale
-    assert ((distance.cpu().double() - ref_distance.double()).abs() <= tol).all()
-
-
-@pytest.mark.parametrize(
-    "n, k, d",
-    [(1, 1, 1), (17, 1, 3), (16, 16, 16), (33, 47, 19), (40, 35, 300)],  # 300 > 256: D in chunks
-)
-@pytest.mark.parametrize("metric", ["l2", "cosine"])
-def test_search_matches_reference_across_block_edges(device, n, k, d, metric):
-    g = torch.Generator().manual_seed(n * 1000 + k * 10 + d)
-    x = torch.randn(n, d, generator=g).to(device)
-    cb = torch.randn(k, d, generator=g).to(device)
-    assert_same_search(x, cb, metric)
-
-
-def test_search_on_empty_x_and_non_contiguous_inputs(device):
-    cb = torch.randn(6, 5, device=device)
-    index, distance = op("nearest_code")(torch.empty(0, 5, device=device), cb, "l2", True)
-    assert index.shape == (0,) and distance.shape == (0,)
-    g = torch.Generator().manual_seed(2)
-    cb_t = torch.randn(14, 20, generator=g).to(device).t().contiguous().t()  # column-major [14, 20]
-    xs = torch.randn(9, 60, generator=g).to(device)[:, ::3]
-    assert not xs.is_contiguous() and not cb_t.is_contiguous()
-    assert_same_search(xs, cb_t)
-
-
-def test_ties_go_to_the_smallest_index_across_blocks(device):
-    # 40 codes, several blocks of 16: identical codes at 3, 19 and 35, and x equal to them.
-    cb = torch.randn(40, 8, device=device)
-    cb[19] = cb[3]
-    cb[35] = cb[3]
-    x = cb[[35, 19, 3]].clone()
-    index, _ = op("nearest_code")(x, cb, "l2", True)
-    assert index.tolist() == [3, 3, 3]
-    # Exact ties of integer-valued data: every code equally far from the zero vector.
-    ring = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0], [0.0, -2.0]], device=device).repeat(9, 1)
-    index, distance = op("nearest_code")(torch.zeros(5, 2, device=device), ring, "l2", True)
-    assert index.tolist() == [0] * 5 and distance.tolist() == [4.0] * 5
-
-
-def test_non_finite_input_is_an_error(device):
-    x = torch.randn(4, 3, device=device)
-    x[2, 1] = float("nan")
-    with pytest.raises(ValueError, match="x contains NaN"):
-        op("nearest_code")(x, torch.randn(2, 3, device=device), "l2", True)
-    cb = torch.randn(2, 3, device=device)
-    cb[1, 0] = float("inf")
-    with pytest.raises(ValueError, match="codebook contains NaN"):
-        op("nearest_code")(x.nan_to_num(), cb, "l2", True)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_search_is_the_float32_search_on_the_rounded_inputs(device, dtype):
-    """Half inputs are multiplied exactly and summed in float32: so every row whose float64
-    margin exceeds the float32 rounding bound must pick the exact code, and every other row a
-    code within that bound. The bound is ~2^16 (bf16) or ~2^13 (fp16) times tighter than
-    half-precision accumulation would need, so a kernel rounding to half fails here."""
-    g = torch.Generator().manual_seed(3)
-    n, k, d = 300, 64, 48
-    x = (torch.randn(n, d, generator=g) * 3).to(dtype)
-    cb = (torch.randn(k, d, generator=g) * 3).to(dtype)
-    # Near-ties: codes that differ from another code in a single last bit.
-    cb[k // 2 :] = (cb[: k // 2].float() * (1 + torch.finfo(dtype).eps)).to(dtype)
-    index, distance = op("nearest_code")(x.to(device), cb.to(device), "l2", True)
-    index, distance = index.cpu(), distance.cpu()
-    exact = (x.double()[:, None] - cb.double()[None]).pow(2).sum(-1)
-    two = exact.topk(2, dim=1, largest=False)
-    eps32 = torch.finfo(torch.float32).eps
-    x_norm, e_norm = x.double().norm(dim=1), cb.double().norm(dim=1).max()
-    bound = 4 * (d + 2) * eps32 * (e_norm**2 + 2 * x_norm * e_norm)
-    clear = (two.values[:, 1] - two.values[:, 0]) > bound
-    assert clear.sum() > n // 2, "the data should make most rows decidable"
-    assert torch.equal(index[clear], two.indices[clear, 0])
-    chosen = exact.gather(1, index[:, None])[:, 0]
-    assert (chosen - two.values[:, 0] <= bound).all()
-    assert torch.allclose(distance.double(), chosen, rtol=4 * (d + 2) * eps32, atol=0)
-    ref_index, _ = reference.nearest_code(x, cb)
-    assert torch.equal(index[clear], ref_index[clear])
-
-
-# ---- code_stats: atomics ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_code_stats_with_many_rows_on_one_code(device, dtype):
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(97, 21, generator=g).to(dtype)
-    index = torch.randint(-1, 3, (97,), generator=g)
-    index[:40] = 1  # contention on one code
-    count, total = op("code_stats")(x.to(device), index.to(device), 5)
-    ref_count, ref_total = reference.code_stats(x, index, 5)
-    assert count.dtype == ref_count.dtype and torch.equal(count.cpu(), ref_count)
-    eps = torch.finfo(ref_total.dtype).eps
-    assert torch.allclose(total.cpu(), ref_total, rtol=0, atol=97 * eps * float(x.double().abs().max()))
-
-
-def test_code_stats_edges(device):
-    count, total = op("code_stats")(torch.empty(0, 4, device=device), torch.empty(0, dtype=torch.int64, device=device), 3)
-    assert count.tolist() == [0, 0, 0] and total.shape == (3, 4)
-    x = torch.randn(8, 30, device=device)[:, ::2]
-    index = torch.tensor([0, 2, 2, -1, 1, 0, 2, -5], device=device)
-    count, total = op("code_stats")(x, index, 3)
-    ref_count, ref_total = reference.code_stats(x.cpu(), index.cpu(), 3)
-    assert torch.equal(count.cpu(), ref_count) and torch.allclose(total.cpu(), ref_total, atol=1e-5)
-    with pytest.raises(ValueError, match="num_codes"):
-        op("code_stats")(x, torch.tensor([0, 3, 0, 0, 0, 0, 0, 0], device=device), 3)
-
-
-# ---- patch_assign: gathers and painting ------------------------------------------------------
-
-
-def assert_same_codes(z_q, ref_z, levels):
-    """z_q holds the codes; the reference's straight-through sum v + (e - v) equals them to rounding."""
-    eps = torch.finfo(ref_z.dtype).eps
-    scale = max(float(lv.double().abs().max()) for lv in levels)
-    torch.testing.assert_close(z_q.cpu(), ref_z, rtol=2 * eps, atol=2 * eps * scale)
-
-
-def pyramid(g, batch, dim, fine, factors, dtype=torch.float32, channels_last=False):
-    levels = [torch.randn(batch, dim, fine // f, fine // f, generator=g).to(dtype) for f in factors]
-    if channels_last:
-        levels = [lv.to(memory_format=torch.channels_last) for lv in levels]
-    return levels
-
-
-@pytest.mark.parametrize("metric", ["l2", "cosine"])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_patch_assign_matches_reference(device, metric, channels_last):
-    g = torch.Generator().manual_seed(5)
-    levels = pyramid(g, 2, 5, 8, [1, 2, 4], channels_last=channels_last)
-    choice = torch.randint(0, 3, (2, 2, 2), generator=g)
-    choice[1] = 0  # the second image at the finest level only
-    cb = torch.randn(11, 5, generator=g)
-    z_q, indices, distance = op("patch_assign")([lv.to(device) for lv in levels], choice.to(device), cb.to(device), metric, True)
-    ref_z, ref_indices, ref_distance = reference.patch_assign(levels, choice, cb, metric)
-    assert_same_codes(z_q, ref_z, levels)
-    for got, want in zip(indices, ref_indices):
-        assert torch.equal(got.cpu(), want)
-    assert torch.allclose(distance.cpu(), ref_distance, rtol=1e-5, atol=1e-6)
-
-
-def test_patch_assign_level_never_chosen_and_half_levels(device):
-    g = torch.Generator().manual_seed(6)
-    levels = pyramid(g, 1, 4, 4, [1, 2], dtype=torch.bfloat16)
-    choice = torch.ones(1, 2, 2, dtype=torch.int64)
-    cb = torch.randn(3, 4, generator=g).to(torch.bfloat16)
-    z_q, indices, distance = op("patch_assign")([lv.to(device) for lv in levels], choice.to(device), cb.to(device), "l2", True)
-    ref_z, ref_indices, ref_distance = reference.patch_assign(levels, choice, cb)
-    assert (indices[0] == -1).all() and torch.equal(indices[1].cpu(), ref_indices[1])
-    assert z_q.dtype == torch.bfloat16
-    assert_same_codes(z_q, ref_z, levels)
-    assert torch.allclose(distance.cpu(), ref_distance, rtol=1e-5)
-
-
-def test_patch_assign_nan_only_matters_at_chosen_cells(device):
-    levels = [torch.randn(1, 3, 4, 4, device=device), torch.randn(1, 3, 2, 2, device=device)]
-    choice = torch.tensor([[[0, 0], [1, 1]]], device=device)
-    levels[1][0, :, 0, 0] = float("nan")  # patch (0, 0) uses level 0: ignored
-    cb = torch.randn(4, 3, device=device)
-    op("patch_assign")(levels, choice, cb, "l2", True)
-    levels[1][0, :, 1, 1] = float("inf")
-    with pytest.raises(ValueError, match=r"levels\[1\]"):
-        op("patch_assign")(levels, choice, cb, "l2", True)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_patch_assign_backward_matches_reference(device, dtype):
-    g = torch.Generator().manual_seed(7)
-    grad = torch.randn(2, 3, 8, 8, generator=g).to(dtype)
-    choice = torch.randint(0, 3, (2, 2, 2), generator=g)
-    grads = op("patch_assign_backward")(grad.to(device), choice.to(device), [1, 2, 4])
-    want = reference.patch_assign_backward(grad, choice, [1, 2, 4])
-    for got, ref in zip(grads, want):
-        assert got.dtype == dtype and got.shape == ref.shape
-        tol = 16 * torch.finfo(dtype).eps * float(grad.double().abs().max())
-        assert torch.allclose(got.cpu().double(), ref.double(), rtol=0, atol=tol)

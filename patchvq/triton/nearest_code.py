@@ -22,40 +22,68 @@ import triton.language as tl
 from patchvq.triton import INTERPRETED, launch_configs
 
 _MAX_RESIDENT_D = 256
+_FMA_BLOCK_D = 8
 
 
 def _config(m: int, n: int, warps: int, stages: int) -> triton.Config:
     return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
 
 
-_SEARCH_CONFIGS = launch_configs(
-    [
-        _config(128, 128, 8, 3),
-        _config(128, 64, 4, 3),
-        _config(64, 128, 4, 3),
-        _config(128, 256, 8, 3),
-        _config(256, 128, 8, 3),
-        _config(64, 64, 4, 2),
-        _config(32, 64, 4, 2),
-    ],
-    _config(16, 16, 1, 1),
-)
+# Tensor-core tiles for half inputs; smaller ones for IEEE float32 products (CUDA cores) and for
+# float64, whose products are summed by hand (tl.dot has no float64 path on every target).
+_HALF_CONFIGS = [_config(128, 128, 8, 3), _config(128, 64, 4, 3), _config(64, 128, 4, 4), _config(128, 256, 8, 3)]
+_SINGLE_CONFIGS = [_config(64, 64, 4, 2), _config(128, 64, 8, 2)]
+_DOUBLE_CONFIGS = [_config(32, 32, 4, 1)]
+_SEARCH_CONFIGS = launch_configs(_HALF_CONFIGS + _SINGLE_CONFIGS + _DOUBLE_CONFIGS, _config(16, 16, 1, 1))
+
+
+_LARGE = 1 << 24  # N * K from which tuning pays for itself
+
+
+def size_class(n: int, k: int) -> int:
+    """1 for searches large enough to autotune for, else 0 (the first tile of the dtype's list)."""
+    return int(n * k >= _LARGE)
+
+
+def _configs_for_dtype(configs: list, named_args: dict, **kwargs) -> list:
+    """Autotune only among the tiles meant for x's dtype, and only for large searches."""
+    if INTERPRETED:
+        return configs
+    dtype = named_args["x_ptr"].dtype
+    wanted = {torch.float64: _DOUBLE_CONFIGS, torch.float32: _SINGLE_CONFIGS}.get(dtype, _HALF_CONFIGS)
+    chosen = [c for c in configs if any(c is w for w in wanted)]
+    return chosen if named_args["SIZE_CLASS"] else chosen[:1]
 
 
 def _block_d(args: dict) -> int:
-    """The whole row when D <= 256 (x stays resident over the codebook loop), else chunks of 64."""
+    """The whole row when D <= 256 (x stays resident over the codebook loop), else chunks of 64;
+    small chunks where products are summed by hand."""
     d = args["D"]
+    if args["FMA_DOT"]:
+        return _FMA_BLOCK_D
     return max(16, triton.next_power_of_2(d)) if d <= _MAX_RESIDENT_D else 64
 
 
-@triton.autotune(configs=_SEARCH_CONFIGS, key=["K", "D", "ACC"])
-@triton.heuristics({"BLOCK_D": _block_d, "X_RESIDENT": lambda a: a["D"] <= _MAX_RESIDENT_D})
+@triton.jit
+def _tile_dot(a, b, acc, ACC: tl.constexpr, FMA_DOT: tl.constexpr):
+    """acc + a @ b for tiles a[M, Dc] and b[Dc, N]: tl.dot, or products summed over Dc in registers."""
+    if FMA_DOT:
+        return acc + tl.sum(a[:, :, None].to(ACC) * b[None, :, :].to(ACC), 1)
+    return tl.dot(a, b, acc, out_dtype=ACC, input_precision="ieee")
+
+
+@triton.autotune(
+    configs=_SEARCH_CONFIGS,
+    key=["K", "D", "ACC", "SIZE_CLASS"],
+    prune_configs_by={"early_config_prune": _configs_for_dtype},
+)
+@triton.heuristics({"BLOCK_D": _block_d, "X_RESIDENT": lambda a: a["D"] <= a["BLOCK_D"]})
 @triton.jit
 def _search_kernel(
     x_ptr, row_offset_ptr, codebook_ptr, code_norm_ptr, index_ptr,
-    N, K, D,
+    N, K, D, SIZE_CLASS,
     stride_xn, stride_xd, stride_ck, stride_cd,
-    GATHER: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    GATHER: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, FMA_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, X_RESIDENT: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -86,7 +114,7 @@ def _search_kernel(
             )
             if UPCAST:
                 code_tile = code_tile.to(tl.float32)
-            dot = tl.dot(x_tile, code_tile, out_dtype=ACC, input_precision="ieee")
+            dot = _tile_dot(x_tile, code_tile, tl.zeros([BLOCK_M, BLOCK_N], ACC), ACC, FMA_DOT)
         else:
             dot = tl.zeros([BLOCK_M, BLOCK_N], ACC)
             for d0 in range(0, D, BLOCK_D):
@@ -102,7 +130,7 @@ def _search_kernel(
                 if UPCAST:
                     x_chunk = x_chunk.to(tl.float32)
                     code_chunk = code_chunk.to(tl.float32)
-                dot = tl.dot(x_chunk, code_chunk, dot, out_dtype=ACC, input_precision="ieee")
+                dot = _tile_dot(x_chunk, code_chunk, dot, ACC, FMA_DOT)
         norms = tl.load(code_norm_ptr + codes, mask=code_ok, other=float("inf"))
         score = norms[None, :] - 2.0 * dot
         block_best, block_index = tl.min(score, 1, return_indices=True, return_indices_tie_break_left=True)
@@ -172,9 +200,10 @@ def search(
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)
     _search_kernel[grid](
         x, offsets, codebook, code_norms, index,
-        n, k, d,
+        n, k, d, size_class(n, k),
         x.stride(0), x.stride(1), codebook.stride(0), codebook.stride(1),
         GATHER=gather, ACC=_acc(x.dtype), UPCAST=INTERPRETED and x.dtype == torch.bfloat16,
+        FMA_DOT=x.dtype == torch.float64,
     )
     return index
 
