@@ -1,6 +1,8 @@
 """Compile-only check of the CUDA kernels: nvcc builds each csrc/cuda/*.cu for sm_80 and sm_90.
 
-Runs without a GPU (nothing is linked or launched). The .cu files need only ATen and the CUDA
+Runs without a GPU (nothing is linked or launched). The default run builds the device code
+(`--fatbin`: machine code for both architectures; the CUDA front end parses and checks all
+the host code too); the `slow` test also runs the host compiler, as an extension build does. The .cu files need only ATen and the CUDA
 runtime headers, which a CPU build of torch and the CUDA toolkit provide; the glue
 (register.cpp) needs c10/cuda and ATen/cuda headers and the CUDA libraries' headers, which go
 with a CUDA build of torch.
@@ -27,50 +29,64 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def nvcc_command(source: Path, output: Path) -> list[str]:
-    """The nvcc line of an extension build (torch's own nvcc flags, ours, both architectures), -c only."""
+def nvcc_command(source: Path, output: Path, mode: str) -> list[str]:
+    """The nvcc line of an extension build (torch's own nvcc flags, ours, both architectures);
+    mode "--fatbin" builds the device code only, "-c" the whole object."""
     includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sources.csrc_dir()}"]
     return [
-        NVCC, "-c", str(source), "-o", str(output), "-std=c++20", "-Xcompiler", "-fPIC",
+        NVCC, mode, str(source), "-o", str(output), "-std=c++20", "-Xcompiler", "-fPIC",
         *cpp_extension.COMMON_NVCC_FLAGS, *sources.cuda_cflags(), *sources.cuda_arch_flags(), *includes,
     ]
 
 
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
-    """Each .cu file's finished nvcc run, all started at once."""
-    out = tmp_path_factory.mktemp("nvcc")
+def compile_all(out: Path, mode: str) -> dict[str, tuple[int, str, Path]]:
+    """(return code, log, output file) of each .cu file's nvcc run, all started at once."""
     running = {
         name: subprocess.Popen(
-            nvcc_command(sources.csrc_dir() / "cuda" / name, out / f"{name}.o"),
+            nvcc_command(sources.csrc_dir() / "cuda" / name, out / f"{name}.out", mode),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for name in KERNELS
     }
     results = {}
     for name, proc in running.items():
-        log, _ = proc.communicate(timeout=600)
-        results[name] = (proc.returncode, log, out / f"{name}.o")
+        log, _ = proc.communicate(timeout=900)
+        results[name] = (proc.returncode, log, out / f"{name}.out")
     return results
 
 
-def test_every_op_has_a_cuda_kernel_file():
-    assert KERNELS == ["code_stats.cu", "nearest_code.cu", "patch_assign.cu"]
-    assert GLUE.is_file()
-
-
-@pytest.mark.parametrize("name", KERNELS)
-def test_kernel_compiles_for_sm80_and_sm90(compiled, name):
-    returncode, log, obj = compiled[name]
+def assert_compiled(name: str, result: tuple[int, str, Path]) -> None:
+    returncode, log, output = result
     assert returncode == 0, f"nvcc failed on {name}:\n{log[-4000:]}"
-    assert obj.stat().st_size > 0
+    assert output.stat().st_size > 0
     assert "warning" not in log.lower() or "csrc/cuda" not in log, f"nvcc warns about {name}:\n{log[-4000:]}"
     cuobjdump = shutil.which("cuobjdump", path=str(Path(NVCC).parent))
     if cuobjdump:
         listing = subprocess.run(
-            [cuobjdump, "--list-elf", str(obj)], capture_output=True, text=True, check=False
+            [cuobjdump, "--list-elf", str(output)], capture_output=True, text=True, check=False
         ).stdout
         assert "sm_80" in listing and "sm_90" in listing, listing
+
+
+@pytest.fixture(scope="module")
+def device_code(tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
+    return compile_all(tmp_path_factory.mktemp("fatbin"), "--fatbin")
+
+
+def test_every_op_has_a_cuda_kernel_file():
+    assert KERNELS == ["code_stats.cu", "nearest_code.cu", "patch_assign.cu", "search_mma.cu"]
+    assert GLUE.is_file()
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_kernel_compiles_for_sm80_and_sm90(device_code, name):
+    assert_compiled(name, device_code[name])
+
+
+@pytest.mark.slow
+def test_kernels_compile_to_objects_with_the_host_compiler(tmp_path):
+    for name, result in compile_all(tmp_path, "-c").items():
+        assert_compiled(name, result)
 
 
 def test_glue_compiles_where_torch_has_cuda_headers(tmp_path):

@@ -22,6 +22,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_inputs(const at::Tensor& x
 at::Tensor search(const at::Tensor& x, const at::Tensor& row_offsets, const at::Tensor& codebook,
                   const at::Tensor& code_norms, cudaStream_t stream);
 
+// The search above on tensor cores for float16/bfloat16 x on sm_80 and newer, writing index[M];
+// false (nothing launched) for other dtypes or older GPUs.
+bool search_on_tensor_cores(const at::Tensor& x, const at::Tensor& row_offsets, const at::Tensor& codebook,
+                            const at::Tensor& code_norms, at::Tensor& index, cudaStream_t stream);
+
 // Distance[M] of each row to codebook[index]: squared L2, or 1 - x.e for normalised rows.
 at::Tensor winner_distance(const at::Tensor& x, const at::Tensor& row_offsets, const at::Tensor& codebook,
                            const at::Tensor& index, bool cosine, cudaStream_t stream);

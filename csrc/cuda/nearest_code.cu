@@ -4,7 +4,8 @@
 //
 // Inputs of any floating type are widened to the accumulation type (float, double for double)
 // as they enter shared memory, so a half or bfloat16 search performs exactly the float32
-// arithmetic of a float32 search on the same rounded inputs.
+// arithmetic of a float32 search on the same rounded inputs. On sm_80 and newer, half and
+// bfloat16 searches go to the tensor-core kernel of search_mma.cu instead.
 #include "common.cuh"
 #include "launchers.h"
 
@@ -176,7 +177,7 @@ at::Tensor search(const at::Tensor& x, const at::Tensor& row_offsets, const at::
                   const at::Tensor& code_norms, cudaStream_t stream) {
   const int64_t n = row_count(x, row_offsets);
   at::Tensor index = at::empty({n}, x.options().dtype(at::kLong));
-  if (n == 0) return index;
+  if (n == 0 || search_on_tensor_cores(x, row_offsets, codebook, code_norms, index, stream)) return index;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "patchvq_search", [&] {
     using acc_t = acc_type<scalar_t>;
     search_kernel<scalar_t, acc_t><<<blocks_for(n, kTileRows), kThreads, 0, stream>>>(
