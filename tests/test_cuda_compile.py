@@ -9,6 +9,7 @@ with a CUDA build of torch.
 The nvcc runs start together in a module fixture, so the files build in parallel.
 """
 
+import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -55,13 +56,24 @@ def compile_all(out: Path, mode: str) -> dict[str, tuple[int, str, Path]]:
     return results
 
 
+def find_cuobjdump() -> str | None:
+    """cuobjdump from PATH, the CUDA toolkit, or the copy Triton's wheel carries."""
+    candidates = [shutil.which("cuobjdump")]
+    if cpp_extension.CUDA_HOME:
+        candidates.append(str(Path(cpp_extension.CUDA_HOME) / "bin" / "cuobjdump"))
+    spec = importlib.util.find_spec("triton")
+    if spec and spec.origin:
+        candidates.append(str(Path(spec.origin).parent / "backends" / "nvidia" / "bin" / "cuobjdump"))
+    return next((c for c in candidates if c and Path(c).is_file()), None)
+
+
 def assert_compiled(name: str, result: tuple[int, str, Path]) -> None:
     returncode, log, output = result
     assert returncode == 0, f"nvcc failed on {name}:\n{log[-4000:]}"
     assert output.stat().st_size > 0
     assert "warning" not in log.lower() or "csrc/cuda" not in log, f"nvcc warns about {name}:\n{log[-4000:]}"
-    cuobjdump = shutil.which("cuobjdump", path=str(Path(NVCC).parent))
-    if cuobjdump:
+    cuobjdump = find_cuobjdump()
+    if cuobjdump:  # the architectures inside, where a disassembler is at hand
         listing = subprocess.run(
             [cuobjdump, "--list-elf", str(output)], capture_output=True, text=True, check=False
         ).stdout
