@@ -15,10 +15,10 @@ from .records import AnomalyDataset, Sample
 from .split import holdout_indices, is_test_good
 
 __all__ = [
+    "FORMATS",
     "AnomalyDataset",
     "BTADDataset",
     "DatasetError",
-    "FORMATS",
     "FolderDataset",
     "LayoutDataset",
     "MTSDDataset",

@@ -6,9 +6,12 @@ file at fault instead of stopping at the first.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 ON_ERROR = ("raise", "skip")
 
@@ -36,6 +39,14 @@ class SkippedFilesWarning(UserWarning):
         self.files = list(files or [])
 
 
+def warn_user(warning: Warning) -> None:
+    """Issue ``warning`` attributed to the first caller outside this package."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(warning, stacklevel=level)
+
+
 def check_on_error(on_error: str) -> str:
     """Return ``on_error`` if it is one of ``"raise"`` / ``"skip"``, else raise ValueError."""
     if on_error not in ON_ERROR:
@@ -52,7 +63,7 @@ class Problems:
     def add(self, path: Path, reason: str) -> None:
         self.items.append((Path(path), reason))
 
-    def extend(self, other: "Problems") -> None:
+    def extend(self, other: Problems) -> None:
         self.items.extend(other.items)
 
     def __bool__(self) -> bool:
@@ -80,9 +91,4 @@ class Problems:
                 "Fix them, or pass on_error='skip' to leave them out with a warning.",
                 self.files,
             )
-        warnings.warn(
-            SkippedFilesWarning(
-                f"{context}: skipped {len(self.items)} file(s):\n{self.describe()}", self.files
-            ),
-            stacklevel=3,
-        )
+        warn_user(SkippedFilesWarning(f"{context}: skipped {len(self.items)} file(s):\n{self.describe()}", self.files))

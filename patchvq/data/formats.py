@@ -106,6 +106,13 @@ def open_dataset(
     if name not in FORMATS:
         raise ValueError(f"format must be 'auto' or one of {sorted(FORMATS)}, got {format!r}")
     return FORMATS[name](
-        root, split, image_size, channels=channels, on_error=on_error, verify=verify, cache=cache,
-        val_fraction=val_fraction, workers=workers,
+        root,
+        split,
+        image_size,
+        channels=channels,
+        on_error=on_error,
+        verify=verify,
+        cache=cache,
+        val_fraction=val_fraction,
+        workers=workers,
     )

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from .errors import DatasetError, Problems, SkippedFilesWarning, check_on_error
+from .errors import DatasetError, Problems, SkippedFilesWarning, check_on_error, warn_user
 from .images import list_images
 from .records import GOOD, AnomalyDataset, Sample
 from .split import DEFAULT_VAL_FRACTION, SPLITS, holdout_indices
@@ -109,17 +108,25 @@ class LayoutDataset(AnomalyDataset, ABC):
         context = f"{self.FORMAT} dataset at {root} ({base})"
         found.problems.report(on_error, context)
         if found.ignored:
-            warnings.warn(
+            listed = "\n".join(f"  {p}" for p in found.ignored)
+            warn_user(
                 SkippedFilesWarning(
-                    f"{context}: ignored {len(found.ignored)} file(s) that are not images of a supported format:\n"
-                    + "\n".join(f"  {p}" for p in found.ignored),
+                    f"{context}: ignored {len(found.ignored)} file(s) that are not images of a supported format:\n{listed}",
                     found.ignored,
-                ),
-                stacklevel=3,
+                )
             )
         super().__init__(
-            samples, root=root, format=self.FORMAT, split=base, image_size=image_size, channels=channels,
-            verify=verify, cache=cache, on_error=on_error, workers=workers, skipped=found.problems.files,
+            samples,
+            root=root,
+            format=self.FORMAT,
+            split=base,
+            image_size=image_size,
+            channels=channels,
+            verify=verify,
+            cache=cache,
+            on_error=on_error,
+            workers=workers,
+            skipped=found.problems.files,
         )
         self._check_contents(context)
         if split in ("fit", "val"):

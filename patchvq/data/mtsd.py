@@ -68,17 +68,27 @@ class MTSDDataset(LayoutDataset):
                     found.problems.add(path, "not in the packaged MTSD split file, so it has no split")
                 elif listed[key] == split:
                     samples.append(self._sample(path, cls_dir.name, found))
-        present = {d.name for d in class_dirs}
+        self._report_missing(root, split, listed, on_disk, {d.name for d in class_dirs}, found)
+        return [s for s in samples if s is not None]
+
+    @staticmethod
+    def _report_missing(
+        root: Path, split: str, listed: dict[str, str], on_disk: set[str], present: set[str], found: Collector
+    ) -> None:
+        """Record the files of ``split`` that the split file lists but the folder lacks: a
+        whole missing class folder once, first, then each missing file."""
+        missing = sorted(k for k in set(listed) - on_disk if listed[k] == split)
         absent: dict[str, int] = {}
-        for key in sorted(k for k in set(listed) - on_disk if listed[k] == split):
-            cls, name = key.split("/")
-            if cls in present:
-                found.problems.add(root / cls / "Imgs" / name, "listed in the MTSD split file but missing")
-            else:
+        for key in missing:
+            cls = key.split("/")[0]
+            if cls not in present:
                 absent[cls] = absent.get(cls, 0) + 1
         for cls, n in absent.items():
             found.problems.add(root / cls, f"class folder missing: the split file lists {n} of its images for {split}")
-        return [s for s in samples if s is not None]
+        for key in missing:
+            cls, name = key.split("/")
+            if cls in present:
+                found.problems.add(root / cls / "Imgs" / name, "listed in the MTSD split file but missing")
 
     @staticmethod
     def _sample(path: Path, cls: str, found: Collector) -> Sample | None:

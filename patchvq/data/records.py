@@ -122,8 +122,7 @@ class AnomalyDataset(Dataset):
                 ) from exc
             if mask.shape != hw:
                 raise DatasetError(
-                    f"its mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but the image "
-                    f"is {hw[1]}x{hw[0]}",
+                    f"its mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but the image is {hw[1]}x{hw[0]}",
                     [sample.path],
                 )
             mask = resize_mask(mask, self.image_size).astype(np.float32)
@@ -185,7 +184,7 @@ class AnomalyDataset(Dataset):
             self._cache = {j: self._cache[i] for j, i in enumerate(indices) if i in self._cache}
         self.samples = [self.samples[i] for i in indices]
 
-    def subset(self, indices: list[int], split: str) -> "AnomalyDataset":
+    def subset(self, indices: list[int], split: str) -> AnomalyDataset:
         """A dataset of the items at ``indices`` with the same settings, named ``split``."""
         out = copy.copy(self)
         out._keep(list(indices))
