@@ -4,7 +4,7 @@ Runs without a GPU (nothing is linked or launched). The default run builds the d
 (`--fatbin`: machine code for both architectures; the CUDA front end parses and checks all
 the host code too); the `slow` test also runs the host compiler, as an extension build does. The .cu files need only ATen and the CUDA
 runtime headers, which a CPU build of torch and the CUDA toolkit provide; the glue
-(register.cpp) needs c10/cuda and ATen/cuda headers and the CUDA libraries' headers, which go
+(register.cpp, module.cpp) needs c10/cuda and ATen/cuda headers and the CUDA libraries' headers, which go
 with a CUDA build of torch.
 The nvcc runs start together in a module fixture, so the files build in parallel.
 """
@@ -12,6 +12,7 @@ The nvcc runs start together in a module fixture, so the files build in parallel
 import importlib.util
 import shutil
 import subprocess
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from patchvq.ops import sources
 _HOME_NVCC = str(Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc") if cpp_extension.CUDA_HOME else None
 NVCC = shutil.which("nvcc") or _HOME_NVCC
 KERNELS = sorted(p.name for p in (sources.csrc_dir() / "cuda").glob("*.cu"))
-GLUE = sources.csrc_dir() / "cuda" / "register.cpp"
+GLUE = [sources.csrc_dir() / "cuda" / name for name in ("register.cpp", "module.cpp")]
 
 pytestmark = pytest.mark.skipif(
     NVCC is None or not Path(NVCC).is_file(), reason="nvcc not found (no CUDA toolkit on PATH or CUDA_HOME)"
@@ -87,7 +88,7 @@ def device_code(tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
 
 def test_every_op_has_a_cuda_kernel_file():
     assert KERNELS == ["code_stats.cu", "nearest_code.cu", "patch_assign.cu", "search_mma.cu"]
-    assert GLUE.is_file()
+    assert all(path.is_file() for path in GLUE)
 
 
 @pytest.mark.parametrize("name", KERNELS)
@@ -101,12 +102,15 @@ def test_kernels_compile_to_objects_with_the_host_compiler(tmp_path):
         assert_compiled(name, result)
 
 
-def test_glue_compiles_where_torch_has_cuda_headers(tmp_path):
+def test_glue_compiles_where_torch_has_cuda_headers():
     if torch.version.cuda is None:
         pytest.skip(f"torch {torch.__version__} is a CPU build: register.cpp builds only against CUDA torch")
     cuda_include = Path(NVCC).parents[1] / "include"
     includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{cuda_include}", f"-I{sources.csrc_dir()}"]
     cxx = shutil.which("c++") or shutil.which("g++")
-    command = [cxx, "-std=c++20", "-fsyntax-only", str(GLUE), *includes]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr[-4000:]
+    python_include = sysconfig.get_paths()["include"]
+    for glue in GLUE:
+        command = [cxx, "-std=c++20", "-fsyntax-only", str(glue), *includes, f"-I{python_include}"]
+        command.append(f"-DTORCH_EXTENSION_NAME={sources.CUDA_EXTENSION}")
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{glue.name}:\n{result.stderr[-4000:]}"

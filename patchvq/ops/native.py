@@ -105,7 +105,7 @@ def _build_cuda() -> ModuleType:
         extra_cflags=["-O3"],
         extra_cuda_cflags=sources.cuda_cflags(),
         extra_include_paths=[str(sources.csrc_dir())],
-        is_python_module=False,
+        is_python_module=True,
     )
 
 

@@ -27,7 +27,7 @@ def cpu_sources(root: Path | None = None) -> list[str]:
 
 
 def cuda_sources(root: Path | None = None) -> list[str]:
-    """Every CUDA kernel (.cu) and the glue that registers them (.cpp) under csrc/cuda."""
+    """Every CUDA kernel (.cu), the glue that registers them and the module file (.cpp) under csrc/cuda."""
     root = root or csrc_dir()
     return sorted(str(p) for p in (root / "cuda").glob("*.cu")) + sorted(
         str(p) for p in (root / "cuda").glob("*.cpp")
