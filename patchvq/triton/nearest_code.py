@@ -13,6 +13,9 @@ float32 products ("ieee"), never TF32, for the same reason.
 Under the Triton interpreter bfloat16 tiles are widened to float32 before `tl.dot`: the
 interpreter multiplies bfloat16 operands as their raw 16-bit patterns (Triton 3.x). The
 widening is exact and the products are exact either way, so the result is the same function.
+The interpreter's reductions also reject rows whose scores are all NaN, which only unchecked
+inputs (check_finite=False) produce; there NaN scores count as +inf, so every row still gets an
+index in range, as on a GPU, where the minimum skips NaN.
 """
 
 import torch
@@ -84,6 +87,7 @@ def _search_kernel(
     N, K, D, SIZE_CLASS,
     stride_xn, stride_xd, stride_ck, stride_cd,
     GATHER: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, FMA_DOT: tl.constexpr,
+    NAN_TO_INF: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, X_RESIDENT: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -133,6 +137,8 @@ def _search_kernel(
                 dot = _tile_dot(x_chunk, code_chunk, dot, ACC, FMA_DOT)
         norms = tl.load(code_norm_ptr + codes, mask=code_ok, other=float("inf"))
         score = norms[None, :] - 2.0 * dot
+        if NAN_TO_INF:
+            score = tl.where(score != score, float("inf"), score)  # noqa: PLR0124 - true only for NaN
         block_best, block_index = tl.min(score, 1, return_indices=True, return_indices_tie_break_left=True)
         # Blocks arrive in code order, so a strict < keeps the smallest index on a tie.
         better = block_best < best
@@ -203,7 +209,7 @@ def search(
         n, k, d, size_class(n, k),
         x.stride(0), x.stride(1), codebook.stride(0), codebook.stride(1),
         GATHER=gather, ACC=_acc(x.dtype), UPCAST=INTERPRETED and x.dtype == torch.bfloat16,
-        FMA_DOT=x.dtype == torch.float64,
+        FMA_DOT=x.dtype == torch.float64, NAN_TO_INF=INTERPRETED,
     )
     return index
 
