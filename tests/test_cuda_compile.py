@@ -1,15 +1,15 @@
-"""Compile-only check of the CUDA kernels: nvcc builds each csrc/cuda/*.cu for sm_80 and sm_90.
+"""Compile-only check of the CUDA sources, without a GPU (nothing is linked or launched).
 
-Runs without a GPU (nothing is linked or launched). The default run builds the device code
-(`--fatbin`: machine code for both architectures; the CUDA front end parses and checks all
-the host code too); the `slow` test also runs the host compiler, as an extension build does. The .cu files need only ATen and the CUDA
-runtime headers, which a CPU build of torch and the CUDA toolkit provide; the glue
-(register.cpp, module.cpp) needs c10/cuda and ATen/cuda headers and the CUDA libraries' headers, which go
-with a CUDA build of torch.
-The nvcc runs start together in a module fixture, so the files build in parallel.
+Kernels (csrc/cuda/*.cu, which need only ATen and the CUDA runtime headers): nvcc builds each
+for sm_80 and sm_90, all at once. The default run builds the device code (`--fatbin`; the CUDA
+front end parses and checks all the host code too); the `slow` test also runs the host
+compiler, as an extension build does. Glue (register.cpp, module.cpp): the host compiler checks
+them against torch's c10/cuda headers.
 """
 
 import importlib.util
+import os
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -102,15 +102,30 @@ def test_kernels_compile_to_objects_with_the_host_compiler(tmp_path):
         assert_compiled(name, result)
 
 
-def test_glue_compiles_where_torch_has_cuda_headers():
-    if torch.version.cuda is None:
-        pytest.skip(f"torch {torch.__version__} is a CPU build: register.cpp builds only against CUDA torch")
-    cuda_include = Path(NVCC).parents[1] / "include"
-    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{cuda_include}", f"-I{sources.csrc_dir()}"]
+def cuda_include_dirs() -> list[str]:
+    """The CUDA toolkit's include folders, as nvcc itself reports them."""
+    dry = subprocess.run(
+        [NVCC, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull], capture_output=True, text=True, check=False
+    )
+    return re.findall(r'-I"?([^"\s]+)', "".join(line for line in dry.stderr.splitlines() if "INCLUDES=" in line))
+
+
+def test_glue_compiles_against_the_c10_cuda_headers(tmp_path):
+    """register.cpp and module.cpp against torch's c10/cuda headers. A CPU build of torch ships those
+    headers without the one CMake generates (build-mode macros): a stand-in is written for it."""
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()]
+    if not any((Path(p) / "c10" / "cuda" / "CUDAStream.h").is_file() for p in cpp_extension.include_paths()):
+        pytest.skip(f"torch {torch.__version__} ships no c10/cuda headers")
+    generated = Path("c10") / "cuda" / "impl" / "cuda_cmake_macros.h"
+    if not any((Path(p) / generated).is_file() for p in cpp_extension.include_paths()):
+        (tmp_path / generated).parent.mkdir(parents=True)
+        (tmp_path / generated).write_text("#define C10_CUDA_BUILD_SHARED_LIBS\n")
+        includes.insert(0, f"-I{tmp_path}")
+    includes += [f"-I{p}" for p in cuda_include_dirs()]
+    includes += [f"-I{sources.csrc_dir()}", f"-I{sysconfig.get_paths()['include']}"]
     cxx = shutil.which("c++") or shutil.which("g++")
-    python_include = sysconfig.get_paths()["include"]
     for glue in GLUE:
-        command = [cxx, "-std=c++20", "-fsyntax-only", str(glue), *includes, f"-I{python_include}"]
+        command = [cxx, "-std=c++20", "-fsyntax-only", str(glue), *includes]
         command.append(f"-DTORCH_EXTENSION_NAME={sources.CUDA_EXTENSION}")
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         assert result.returncode == 0, f"{glue.name}:\n{result.stderr[-4000:]}"

@@ -1,7 +1,7 @@
 // Registers the CUDA kernels for the patchvq schemas: picks the device of the inputs and the
-// current stream on it, then calls the launchers. Needs a CUDA build of torch (c10/cuda, ATen/cuda).
-#include <ATen/cuda/CUDAContext.h>
+// current stream on it, then calls the launchers. Links against c10_cuda: a CUDA build of torch.
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "launchers.h"
@@ -9,7 +9,7 @@
 namespace patchvq::cuda {
 namespace {
 
-cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 std::tuple<at::Tensor, at::Tensor> nearest_code_op(const at::Tensor& x, const at::Tensor& codebook,
                                                    c10::string_view metric, bool check_finite) {
@@ -38,12 +38,11 @@ std::vector<at::Tensor> patch_assign_backward_op(const at::Tensor& grad_z_q, con
 }
 
 }  // namespace
+}  // namespace patchvq::cuda
 
 TORCH_LIBRARY_IMPL(patchvq, CUDA, m) {
-  m.impl("nearest_code", &nearest_code_op);
-  m.impl("code_stats", &code_stats_op);
-  m.impl("patch_assign", &patch_assign_op);
-  m.impl("patch_assign_backward", &patch_assign_backward_op);
+  m.impl("nearest_code", &patchvq::cuda::nearest_code_op);
+  m.impl("code_stats", &patchvq::cuda::code_stats_op);
+  m.impl("patch_assign", &patchvq::cuda::patch_assign_op);
+  m.impl("patch_assign_backward", &patchvq::cuda::patch_assign_backward_op);
 }
-
-}  // namespace patchvq::cuda
