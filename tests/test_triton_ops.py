@@ -76,6 +76,18 @@ def test_torch_compile_traces_the_op_without_graph_breaks(device):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+def test_torch_compile_through_the_public_function_with_gradients(device, monkeypatch):
+    monkeypatch.setenv("PATCHVQ_BACKEND", "triton")
+    from patchvq.ops import nearest_code
+
+    compiled = torch.compile(lambda x, cb: nearest_code(x, cb)[1].sum(), backend="aot_eager", fullgraph=True)
+    x = torch.randn(11, 6, device=device, dtype=torch.float64, requires_grad=True)
+    cb = torch.randn(5, 6, device=device, dtype=torch.float64)
+    compiled(x, cb).backward()
+    index = reference.nearest_code(x.detach(), cb)[0]
+    torch.testing.assert_close(x.grad, 2 * (x.detach() - cb[index]))
+
+
 def test_gradients_of_the_distance_flow_through_the_registered_autograd(device):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(7, 4, generator=g, dtype=torch.float64).to(device).requires_grad_()
