@@ -179,8 +179,8 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines += ["", "## nearest_code, N = 2^20 (median ms; lower is better)", ""]
     impls = ["ours_cuda", "ours_triton", "cdist_argmin", "mm_argmin", "matmul"]
-    lines.append("| dtype | D | K | " + " | ".join(impls) + " | cdist / best ours | best ours / matmul |")
-    lines.append("|---" * (len(impls) + 5) + "|")
+    lines.append("| dtype | D | K | " + " | ".join(impls) + " | cdist / best ours | best ours / matmul | agree |")
+    lines.append("|---" * (len(impls) + 6) + "|")
     cases = {}
     for r in rows:
         if r.get("section") == "nearest_code":
@@ -198,8 +198,12 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         best = min(ours) if ours else None
         speedup = f"{times['cdist_argmin'] / best:.1f}x" if best and "cdist_argmin" in times else "-"
         roofline = f"{best / times['matmul']:.2f}" if best and "matmul" in times else "-"
-        lines.append(f"| {dtype} | {d} | {k} | " + " | ".join(cells) + f" | {speedup} | {roofline} |")
-    lines += ["", "Targets (bfloat16, D = 64, K = 8192): cdist / best ours >= 5x; best ours / matmul <= 1.5.", ""]
+        agree = "/".join(f"{found[i]['agree_with_fp32_mm']:.5f}" if "agree_with_fp32_mm" in found.get(i, {}) else "-"
+                         for i in ("ours_cuda", "ours_triton"))
+        lines.append(f"| {dtype} | {d} | {k} | " + " | ".join(cells) + f" | {speedup} | {roofline} | {agree} |")
+    lines += ["", "Targets (bfloat16, D = 64, K = 8192): cdist / best ours >= 5x; best ours / matmul <= 1.5.",
+              "agree: fraction of rows where ours_cuda / ours_triton pick the code of a float32 addmm + argmin",
+              "on the same (rounded) inputs; below 1 only by near-ties, so anything under ~0.999 is a bug.", ""]
     errors = [r for r in rows if "error" in r or "skipped" in r]
     if errors:
         lines += ["Errors and skips:", ""]
