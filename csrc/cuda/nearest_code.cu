@@ -1,6 +1,7 @@
 // CUDA kernels of patchvq::nearest_code: a tiled search with a running argmin, and the exact
-// distance of each winning code. No N x K buffer: a block keeps a 64 x 64 tile of dot products
-// in registers (4 x 4 per thread) and folds it into per-row minima before the next codes.
+// distance of each winning code. No N x K buffer: a block keeps a 128 x 128 tile of dot
+// products in registers (8 x 8 per thread; 64 x 64 and 4 x 4 for double) and folds it into
+// per-row minima before the next codes.
 //
 // Inputs of any floating type are widened to the accumulation type (float, double for double)
 // as they enter shared memory, so a half or bfloat16 search performs exactly the float32
@@ -11,16 +12,21 @@
 
 
 #include <cmath>
+#include <type_traits>
 
 namespace patchvq::cuda {
 namespace {
 
-constexpr int kTileRows = 64;
-constexpr int kTileCodes = 64;
 constexpr int kTileDepth = 16;
 constexpr int kSide = 16;  // threads per side of the block: kSide x kSide threads
-constexpr int kPerThread = kTileRows / kSide;
 constexpr int kThreads = kSide * kSide;
+
+// Rows (and codes) per thread: an 8 x 8 block of float dot products per thread (a 128 x 128
+// tile per block) makes 4 FMAs per shared-memory load; doubles take half that to fit registers.
+template <typename acc_t>
+constexpr int per_thread() {
+  return std::is_same_v<acc_t, double> ? 4 : 8;
+}
 
 // True when (value, index) should replace (best, best_index): smaller, or equal with a smaller index.
 template <typename acc_t>
@@ -32,11 +38,13 @@ __device__ __forceinline__ int64_t row_start(const int64_t* row_offsets, int64_t
   return row_offsets != nullptr ? row_offsets[row] : row * stride_xn;
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) search_kernel(
+template <typename scalar_t, typename acc_t, int kPerThread = per_thread<acc_t>()>
+__global__ void __launch_bounds__(kThreads, 1) search_kernel(
     const scalar_t* __restrict__ x, const int64_t* __restrict__ row_offsets, int64_t stride_xn, int64_t stride_xd,
     const scalar_t* __restrict__ codebook, int64_t stride_ck, int64_t stride_cd, const acc_t* __restrict__ code_norms,
     int64_t n, int64_t k, int64_t d, int64_t* __restrict__ index) {
+  constexpr int kTileRows = kSide * kPerThread;
+  constexpr int kTileCodes = kTileRows;
   // Depth-major tiles, padded by one so the transposing stores do not collide in one bank.
   __shared__ acc_t x_tile[kTileDepth][kTileRows + 1];
   __shared__ acc_t code_tile[kTileDepth][kTileCodes + 1];
@@ -45,7 +53,7 @@ __global__ void __launch_bounds__(kThreads) search_kernel(
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
 
   acc_t best[kPerThread];
-  int64_t best_index[kPerThread];
+  int best_index[kPerThread];  // K <= 2^30, checked by the launcher
 #pragma unroll
   for (int i = 0; i < kPerThread; ++i) {
     best[i] = static_cast<acc_t>(INFINITY);
@@ -86,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) search_kernel(
     // Codes arrive in increasing order per thread, so a strict < keeps the smallest index.
 #pragma unroll
     for (int j = 0; j < kPerThread; ++j) {
-      const int64_t code = k0 + tx + kSide * j;
+      const int code = static_cast<int>(k0) + tx + kSide * j;
       if (code >= k) continue;
       const acc_t norm = code_norms[code];
 #pragma unroll
@@ -103,11 +111,11 @@ __global__ void __launch_bounds__(kThreads) search_kernel(
 #pragma unroll
   for (int i = 0; i < kPerThread; ++i) {
     acc_t value = best[i];
-    int64_t idx = best_index[i];
+    int idx = best_index[i];
 #pragma unroll
     for (int offset = kSide / 2; offset > 0; offset /= 2) {
       const acc_t other = __shfl_xor_sync(0xffffffffu, value, offset);
-      const int64_t other_idx = __shfl_xor_sync(0xffffffffu, idx, offset);
+      const int other_idx = __shfl_xor_sync(0xffffffffu, idx, offset);
       if (better(other, other_idx, value, idx)) {
         value = other;
         idx = other_idx;
@@ -177,10 +185,12 @@ at::Tensor search(const at::Tensor& x, const at::Tensor& row_offsets, const at::
                   const at::Tensor& code_norms, cudaStream_t stream) {
   const int64_t n = row_count(x, row_offsets);
   at::Tensor index = at::empty({n}, x.options().dtype(at::kLong));
+  TORCH_CHECK_VALUE(codebook.size(0) <= (int64_t(1) << 30), "patchvq: codebook has ", codebook.size(0),
+                    " codes; at most 2^30 are supported");
   if (n == 0 || search_on_tensor_cores(x, row_offsets, codebook, code_norms, index, stream)) return index;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "patchvq_search", [&] {
     using acc_t = acc_type<scalar_t>;
-    search_kernel<scalar_t, acc_t><<<blocks_for(n, kTileRows), kThreads, 0, stream>>>(
+    search_kernel<scalar_t, acc_t><<<blocks_for(n, kSide * per_thread<acc_t>()), kThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), offsets_or_null(row_offsets), x.stride(0), x.stride(1), codebook.data_ptr<scalar_t>(),
         codebook.stride(0), codebook.stride(1), code_norms.data_ptr<acc_t>(), n, codebook.size(0), codebook.size(1),
         index.data_ptr<int64_t>());
