@@ -57,7 +57,7 @@ def _extensions():
                 f"patchvq.{src.CUDA_EXTENSION}",
                 cuda_rel,
                 include_dirs=[str(ROOT / "csrc")],
-                extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": src.cuda_cflags()},
+                extra_compile_args={"cxx": ["-O3"], "nvcc": src.cuda_cflags() + src.cuda_arch_flags()},
             )
         )
     return exts, {"build_ext": cpp_extension.BuildExtension}

@@ -102,10 +102,10 @@ def _build_cuda() -> ModuleType:
     return cpp_extension.load(
         name=sources.CUDA_EXTENSION,
         sources=sources.cuda_sources(),
-        extra_cflags=["-O3", "-std=c++17"],
+        extra_cflags=["-O3"],
         extra_cuda_cflags=sources.cuda_cflags(),
         extra_include_paths=[str(sources.csrc_dir())],
-        is_python_module=False,
+        is_python_module=True,
     )
 
 

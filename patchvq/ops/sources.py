@@ -27,7 +27,7 @@ def cpu_sources(root: Path | None = None) -> list[str]:
 
 
 def cuda_sources(root: Path | None = None) -> list[str]:
-    """Every CUDA kernel (.cu) and the glue that registers them (.cpp) under csrc/cuda."""
+    """Every CUDA kernel (.cu), the glue that registers them and the module file (.cpp) under csrc/cuda."""
     root = root or csrc_dir()
     return sorted(str(p) for p in (root / "cuda").glob("*.cu")) + sorted(
         str(p) for p in (root / "cuda").glob("*.cpp")
@@ -47,4 +47,18 @@ def cpu_ldflags() -> list[str]:
 
 
 def cuda_cflags() -> list[str]:
-    return ["-O3", "-std=c++17", "-lineinfo"]
+    """nvcc flags beyond torch's own; the C++ standard is left to torch (its headers set the minimum)."""
+    return ["-O3", "-lineinfo"]
+
+
+CUDA_ARCHES = ("80", "90")
+
+
+def cuda_arch_flags() -> list[str]:
+    """Machine code for Ampere (sm_80) and Hopper (sm_90) plus sm_90 PTX for newer parts.
+
+    Used for ahead-of-time builds and the compile check; a JIT build leaves the choice to torch,
+    which targets the GPU present (or TORCH_CUDA_ARCH_LIST).
+    """
+    flags = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHES]
+    return flags + [f"-gencode=arch=compute_{CUDA_ARCHES[-1]},code=compute_{CUDA_ARCHES[-1]}"]

@@ -1,0 +1,59 @@
+// CUDA kernel of patchvq::code_stats: every (row, dim) element adds itself to sum[index[row], dim]
+// atomically (and dim 0 also counts the row). No N x K one-hot; rows with a negative index
+// are skipped. The order of the additions depends on scheduling, so sums match the
+// reference to rounding.
+#include "common.cuh"
+#include "launchers.h"
+
+
+namespace patchvq::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads) code_stats_kernel(const scalar_t* __restrict__ x, int64_t stride_xn,
+                                                              int64_t stride_xd, const int64_t* __restrict__ index,
+                                                              int64_t n, int64_t d, acc_t* __restrict__ count,
+                                                              acc_t* __restrict__ sum) {
+  const int64_t total = n * d;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t row = e / d;
+    const int64_t dim = e % d;
+    const int64_t code = index[row];
+    if (code < 0) continue;
+    atomicAdd(sum + code * d + dim, static_cast<acc_t>(x[row * stride_xn + dim * stride_xd]));
+    if (dim == 0) atomicAdd(count + code, acc_t(1));
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> code_stats(const at::Tensor& x, const at::Tensor& index, int64_t num_codes,
+                                              cudaStream_t stream) {
+  TORCH_CHECK_VALUE(x.dim() == 2, "patchvq: x must be 2-D [N, D], got shape ", x.sizes());
+  TORCH_CHECK_VALUE(index.dim() == 1 && index.size(0) == x.size(0) && index.scalar_type() == at::kLong,
+                    "patchvq: index must be int64 [N] with N=", x.size(0), ", got ", index.scalar_type(), " ",
+                    index.sizes());
+  TORCH_CHECK_VALUE(num_codes >= 1, "patchvq: num_codes must be positive, got ", num_codes);
+  TORCH_CHECK_VALUE(index.numel() == 0 || index.max().item<int64_t>() < num_codes,
+                    "patchvq: index holds values >= num_codes (", num_codes, ")");
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor count = at::zeros({num_codes}, x.options().dtype(acc));
+  at::Tensor sum = at::zeros({num_codes, x.size(1)}, x.options().dtype(acc));
+  const int64_t total = x.size(0) * x.size(1);
+  if (total == 0) return {count, sum};
+  const at::Tensor idx = index.contiguous();
+  const unsigned int blocks = std::min<unsigned int>(blocks_for(total, kThreads), 65535u * 8u);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "patchvq_code_stats", [&] {
+    using acc_t = acc_type<scalar_t>;
+    code_stats_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), x.stride(0), x.stride(1), idx.data_ptr<int64_t>(), x.size(0), x.size(1),
+        count.data_ptr<acc_t>(), sum.data_ptr<acc_t>());
+    check_launch("code_stats_kernel");
+  });
+  return {count, sum};
+}
+
+}  // namespace patchvq::cuda

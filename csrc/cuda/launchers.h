@@ -1,0 +1,51 @@
+// Host entry points of the CUDA kernels. Each takes the stream to launch on; the glue in
+// register.cpp (built only against a CUDA build of torch) supplies the current stream and the
+// device guard. Only ATen and the CUDA runtime are needed to compile these.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <cuda_runtime_api.h>
+
+#include <tuple>
+#include <vector>
+
+namespace patchvq::cuda {
+
+// (x, codebook, ||e||^2) as the search kernel takes them: one dtype, rows normalised along
+// x's feature_dim (and the codebook's rows) for cosine, norms in the accumulation dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> search_inputs(const at::Tensor& x, const at::Tensor& codebook,
+                                                             bool cosine, int64_t feature_dim);
+
+// Index int64[M] of the code minimising ||e||^2 - 2 x.e, ties to the smallest index. Rows are
+// x's rows, or with a defined row_offsets int64[M] the vectors starting at those element
+// offsets of x with x.stride(1) between their values (a gather from a [B, D, H, W] map).
+at::Tensor search(const at::Tensor& x, const at::Tensor& row_offsets, const at::Tensor& codebook,
+                  const at::Tensor& code_norms, cudaStream_t stream);
+
+// The search above on tensor cores for float16/bfloat16 x on sm_80 and newer, writing index[M];
+// false (nothing launched) for other dtypes or older GPUs.
+bool search_on_tensor_cores(const at::Tensor& x, const at::Tensor& row_offsets, const at::Tensor& codebook,
+                            const at::Tensor& code_norms, at::Tensor& index, cudaStream_t stream);
+
+// Distance[M] of each row to codebook[index]: squared L2, or 1 - x.e for normalised rows.
+at::Tensor winner_distance(const at::Tensor& x, const at::Tensor& row_offsets, const at::Tensor& codebook,
+                           const at::Tensor& index, bool cosine, cudaStream_t stream);
+
+bool parse_cosine(c10::string_view metric);
+
+std::tuple<at::Tensor, at::Tensor> nearest_code(const at::Tensor& x, const at::Tensor& codebook,
+                                                c10::string_view metric, bool check_finite, cudaStream_t stream);
+
+std::tuple<at::Tensor, at::Tensor> code_stats(const at::Tensor& x, const at::Tensor& index, int64_t num_codes,
+                                              cudaStream_t stream);
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign(at::TensorList levels,
+                                                                         const at::Tensor& choice,
+                                                                         const at::Tensor& codebook,
+                                                                         c10::string_view metric, bool check_finite,
+                                                                         cudaStream_t stream);
+
+std::vector<at::Tensor> patch_assign_backward(const at::Tensor& grad_z_q, const at::Tensor& choice,
+                                              at::IntArrayRef factors, cudaStream_t stream);
+
+}  // namespace patchvq::cuda

@@ -1,0 +1,236 @@
+// CUDA kernels of patchvq::nearest_code: a tiled search with a running argmin, and the exact
+// distance of each winning code. No N x K buffer: a block keeps a 128 x 128 tile of dot
+// products in registers (8 x 8 per thread; 64 x 64 and 4 x 4 for double) and folds it into
+// per-row minima before the next codes.
+//
+// Inputs of any floating type are widened to the accumulation type (float, double for double)
+// as they enter shared memory, so a half or bfloat16 search performs exactly the float32
+// arithmetic of a float32 search on the same rounded inputs. On sm_80 and newer, half and
+// bfloat16 searches go to the tensor-core kernel of search_mma.cu instead.
+#include "common.cuh"
+#include "launchers.h"
+
+
+#include <cmath>
+#include <type_traits>
+
+namespace patchvq::cuda {
+namespace {
+
+constexpr int kTileDepth = 16;
+constexpr int kSide = 16;  // threads per side of the block: kSide x kSide threads
+constexpr int kThreads = kSide * kSide;
+
+// Rows (and codes) per thread: an 8 x 8 block of float dot products per thread (a 128 x 128
+// tile per block) makes 4 FMAs per shared-memory load; doubles take half that to fit registers.
+template <typename acc_t>
+constexpr int per_thread() {
+  return std::is_same_v<acc_t, double> ? 4 : 8;
+}
+
+// True when (value, index) should replace (best, best_index): smaller, or equal with a smaller index.
+template <typename acc_t>
+__device__ __forceinline__ bool better(acc_t value, int64_t index, acc_t best, int64_t best_index) {
+  return value < best || (value == best && index < best_index);
+}
+
+__device__ __forceinline__ int64_t row_start(const int64_t* row_offsets, int64_t row, int64_t stride_xn) {
+  return row_offsets != nullptr ? row_offsets[row] : row * stride_xn;
+}
+
+template <typename scalar_t, typename acc_t, int kPerThread = per_thread<acc_t>()>
+__global__ void __launch_bounds__(kThreads, 1) search_kernel(
+    const scalar_t* __restrict__ x, const int64_t* __restrict__ row_offsets, int64_t stride_xn, int64_t stride_xd,
+    const scalar_t* __restrict__ codebook, int64_t stride_ck, int64_t stride_cd, const acc_t* __restrict__ code_norms,
+    int64_t n, int64_t k, int64_t d, int64_t* __restrict__ index) {
+  constexpr int kTileRows = kSide * kPerThread;
+  constexpr int kTileCodes = kTileRows;
+  // Depth-major tiles, padded by one so the transposing stores do not collide in one bank.
+  __shared__ acc_t x_tile[kTileDepth][kTileRows + 1];
+  __shared__ acc_t code_tile[kTileDepth][kTileCodes + 1];
+  const int tx = threadIdx.x % kSide;
+  const int ty = threadIdx.x / kSide;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kTileRows;
+
+  acc_t best[kPerThread];
+  int best_index[kPerThread];  // K <= 2^30, checked by the launcher
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    best[i] = static_cast<acc_t>(INFINITY);
+    best_index[i] = 0;
+  }
+
+  for (int64_t k0 = 0; k0 < k; k0 += kTileCodes) {
+    acc_t dot[kPerThread][kPerThread] = {};
+    for (int64_t d0 = 0; d0 < d; d0 += kTileDepth) {
+      for (int e = threadIdx.x; e < kTileRows * kTileDepth; e += kThreads) {
+        const int r = e / kTileDepth;
+        const int c = e % kTileDepth;
+        const int64_t row = row0 + r;
+        const int64_t code = k0 + r;
+        const int64_t dim = d0 + c;
+        x_tile[c][r] = (row < n && dim < d)
+                           ? static_cast<acc_t>(x[row_start(row_offsets, row, stride_xn) + dim * stride_xd])
+                           : acc_t(0);
+        code_tile[c][r] = (code < k && dim < d) ? static_cast<acc_t>(codebook[code * stride_ck + dim * stride_cd])
+                                                : acc_t(0);
+      }
+      __syncthreads();
+#pragma unroll
+      for (int c = 0; c < kTileDepth; ++c) {
+        acc_t a[kPerThread], b[kPerThread];
+#pragma unroll
+        for (int i = 0; i < kPerThread; ++i) {
+          a[i] = x_tile[c][ty + kSide * i];
+          b[i] = code_tile[c][tx + kSide * i];
+        }
+#pragma unroll
+        for (int i = 0; i < kPerThread; ++i)
+#pragma unroll
+          for (int j = 0; j < kPerThread; ++j) dot[i][j] += a[i] * b[j];
+      }
+      __syncthreads();
+    }
+    // Codes arrive in increasing order per thread, so a strict < keeps the smallest index.
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int code = static_cast<int>(k0) + tx + kSide * j;
+      if (code >= k) continue;
+      const acc_t norm = code_norms[code];
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const acc_t score = norm - acc_t(2) * dot[i][j];
+        if (score < best[i]) {
+          best[i] = score;
+          best_index[i] = code;
+        }
+      }
+    }
+  }
+  // The kSide threads sharing a row are kSide consecutive lanes of one warp.
+#pragma unroll
+  for (int i = 0; i < kPerThread; ++i) {
+    acc_t value = best[i];
+    int idx = best_index[i];
+#pragma unroll
+    for (int offset = kSide / 2; offset > 0; offset /= 2) {
+      const acc_t other = __shfl_xor_sync(0xffffffffu, value, offset);
+      const int other_idx = __shfl_xor_sync(0xffffffffu, idx, offset);
+      if (better(other, other_idx, value, idx)) {
+        value = other;
+        idx = other_idx;
+      }
+    }
+    const int64_t row = row0 + ty + kSide * i;
+    if (tx == 0 && row < n) index[row] = idx;
+  }
+}
+
+constexpr int kWarpsPerBlock = 8;
+
+// One warp per row: lanes stride over D, then a shuffle sum.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32) winner_distance_kernel(
+    const scalar_t* __restrict__ x, const int64_t* __restrict__ row_offsets, int64_t stride_xn, int64_t stride_xd,
+    const scalar_t* __restrict__ codebook, int64_t stride_ck, int64_t stride_cd, const int64_t* __restrict__ index,
+    int64_t n, int64_t d, bool cosine, acc_t* __restrict__ distance) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  if (row >= n) return;
+  const int64_t start = row_start(row_offsets, row, stride_xn);
+  const int64_t code = index[row];
+  acc_t total = 0;
+  for (int64_t dim = lane; dim < d; dim += 32) {
+    const acc_t xv = static_cast<acc_t>(x[start + dim * stride_xd]);
+    const acc_t cv = static_cast<acc_t>(codebook[code * stride_ck + dim * stride_cd]);
+    total += cosine ? xv * cv : (xv - cv) * (xv - cv);
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
+  if (lane == 0) distance[row] = cosine ? acc_t(1) - total : total;
+}
+
+const int64_t* offsets_or_null(const at::Tensor& row_offsets) {
+  return row_offsets.defined() ? row_offsets.data_ptr<int64_t>() : nullptr;
+}
+
+int64_t row_count(const at::Tensor& x, const at::Tensor& row_offsets) {
+  return row_offsets.defined() ? row_offsets.size(0) : x.size(0);
+}
+
+}  // namespace
+
+bool parse_cosine(c10::string_view metric) {
+  TORCH_CHECK_VALUE(metric == "l2" || metric == "cosine", "patchvq: metric must be \"l2\" or \"cosine\", got \"",
+                    std::string(metric), "\"");
+  return metric == "cosine";
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> search_inputs(const at::Tensor& x, const at::Tensor& codebook,
+                                                             bool cosine, int64_t feature_dim) {
+  const auto dtype = c10::promoteTypes(x.scalar_type(), codebook.scalar_type());
+  const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor xs = x.to(dtype);
+  at::Tensor cb = codebook.to(dtype);
+  if (cosine) {
+    xs = xs.to(acc);
+    xs = xs / xs.norm(2, {feature_dim}, true).clamp_min(1e-12);
+    cb = cb.to(acc);
+    cb = cb / cb.norm(2, {1}, true).clamp_min(1e-12);
+  }
+  return {xs, cb, cb.to(acc).pow(2).sum(1)};
+}
+
+at::Tensor search(const at::Tensor& x, const at::Tensor& row_offsets, const at::Tensor& codebook,
+                  const at::Tensor& code_norms, cudaStream_t stream) {
+  const int64_t n = row_count(x, row_offsets);
+  at::Tensor index = at::empty({n}, x.options().dtype(at::kLong));
+  TORCH_CHECK_VALUE(codebook.size(0) <= (int64_t(1) << 30), "patchvq: codebook has ", codebook.size(0),
+                    " codes; at most 2^30 are supported");
+  if (n == 0 || search_on_tensor_cores(x, row_offsets, codebook, code_norms, index, stream)) return index;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "patchvq_search", [&] {
+    using acc_t = acc_type<scalar_t>;
+    search_kernel<scalar_t, acc_t><<<blocks_for(n, kSide * per_thread<acc_t>()), kThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), offsets_or_null(row_offsets), x.stride(0), x.stride(1), codebook.data_ptr<scalar_t>(),
+        codebook.stride(0), codebook.stride(1), code_norms.data_ptr<acc_t>(), n, codebook.size(0), codebook.size(1),
+        index.data_ptr<int64_t>());
+    check_launch("search_kernel");
+  });
+  return index;
+}
+
+at::Tensor winner_distance(const at::Tensor& x, const at::Tensor& row_offsets, const at::Tensor& codebook,
+                           const at::Tensor& index, bool cosine, cudaStream_t stream) {
+  const int64_t n = row_count(x, row_offsets);
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor distance = at::empty({n}, x.options().dtype(acc));
+  if (n == 0) return distance;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "patchvq_winner_distance", [&] {
+    using acc_t = acc_type<scalar_t>;
+    winner_distance_kernel<scalar_t, acc_t><<<blocks_for(n, kWarpsPerBlock), kWarpsPerBlock * 32, 0, stream>>>(
+        x.data_ptr<scalar_t>(), offsets_or_null(row_offsets), x.stride(0), x.stride(1), codebook.data_ptr<scalar_t>(),
+        codebook.stride(0), codebook.stride(1), index.data_ptr<int64_t>(), n, codebook.size(1), cosine,
+        distance.data_ptr<acc_t>());
+    check_launch("winner_distance_kernel");
+  });
+  return distance;
+}
+
+std::tuple<at::Tensor, at::Tensor> nearest_code(const at::Tensor& x, const at::Tensor& codebook,
+                                                c10::string_view metric, bool check_finite, cudaStream_t stream) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && codebook.dim() == 2, "patchvq: x and codebook must be 2-D, got ", x.sizes(),
+                    " and ", codebook.sizes());
+  TORCH_CHECK_VALUE(codebook.size(0) > 0, "patchvq: codebook is empty (shape ", codebook.sizes(), ")");
+  TORCH_CHECK_VALUE(x.size(1) == codebook.size(1), "patchvq: x has D=", x.size(1), " but codebook has D=",
+                    codebook.size(1));
+  const bool cosine = parse_cosine(metric);
+  if (check_finite) {
+    check_all_finite(x, "x");
+    check_all_finite(codebook, "codebook");
+  }
+  auto [xs, cb, norms] = search_inputs(x, codebook, cosine, 1);
+  at::Tensor index = search(xs, at::Tensor(), cb, norms, stream);
+  return {index, winner_distance(xs, at::Tensor(), cb, index, cosine, stream)};
+}
+
+}  // namespace patchvq::cuda

@@ -1,0 +1,48 @@
+// Registers the CUDA kernels for the patchvq schemas: picks the device of the inputs and the
+// current stream on it, then calls the launchers. Links against c10_cuda: a CUDA build of torch.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "launchers.h"
+
+namespace patchvq::cuda {
+namespace {
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+std::tuple<at::Tensor, at::Tensor> nearest_code_op(const at::Tensor& x, const at::Tensor& codebook,
+                                                   c10::string_view metric, bool check_finite) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return nearest_code(x, codebook, metric, check_finite, current_stream());
+}
+
+std::tuple<at::Tensor, at::Tensor> code_stats_op(const at::Tensor& x, const at::Tensor& index, int64_t num_codes) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return code_stats(x, index, num_codes, current_stream());
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign_op(at::TensorList levels,
+                                                                            const at::Tensor& choice,
+                                                                            const at::Tensor& codebook,
+                                                                            c10::string_view metric,
+                                                                            bool check_finite) {
+  const c10::cuda::CUDAGuard guard(codebook.device());
+  return patch_assign(levels, choice, codebook, metric, check_finite, current_stream());
+}
+
+std::vector<at::Tensor> patch_assign_backward_op(const at::Tensor& grad_z_q, const at::Tensor& choice,
+                                                 at::IntArrayRef factors) {
+  const c10::cuda::CUDAGuard guard(grad_z_q.device());
+  return patch_assign_backward(grad_z_q, choice, factors, current_stream());
+}
+
+}  // namespace
+}  // namespace patchvq::cuda
+
+TORCH_LIBRARY_IMPL(patchvq, CUDA, m) {
+  m.impl("nearest_code", &patchvq::cuda::nearest_code_op);
+  m.impl("code_stats", &patchvq::cuda::code_stats_op);
+  m.impl("patch_assign", &patchvq::cuda::patch_assign_op);
+  m.impl("patch_assign_backward", &patchvq::cuda::patch_assign_backward_op);
+}

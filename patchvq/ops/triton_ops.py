@@ -1,0 +1,117 @@
+"""The Triton kernels as torch ops in their own namespace, patchvq_triton, so torch.compile sees them.
+
+Each op takes the same positional arguments as its patchvq:: schema and reuses that op's fake
+kernel and autograd; `lookup(op)` gives backend.py the callable. They run CUDA tensors, and
+CPU tensors under the Triton interpreter (TRITON_INTERPRET=1), which is how they are tested
+without a GPU.
+"""
+
+import importlib
+from collections.abc import Callable
+
+import torch
+
+from patchvq.reference.nearest_code import accumulate_dtype, normalize
+from patchvq.reference.nearest_code import check_finite as check_finite_values
+from patchvq.reference.patch_assign import chosen_cells, level_factors
+from patchvq.triton import code_stats as code_stats_kernel
+from patchvq.triton import nearest_code as search_kernel
+from patchvq.triton import patch_assign as patch_kernel
+
+# The modules, not the public functions that patchvq.ops re-exports under the same names.
+nearest_code_op = importlib.import_module("patchvq.ops.nearest_code")
+code_stats_op = importlib.import_module("patchvq.ops.code_stats")
+patch_assign_op = importlib.import_module("patchvq.ops.patch_assign")
+
+NAMESPACE = "patchvq_triton"
+OPS = ("nearest_code", "code_stats", "patch_assign", "patch_assign_backward")
+
+
+def lookup(op: str) -> Callable:
+    """The patchvq_triton op standing in for patchvq::`op`."""
+    if op not in OPS:
+        raise AttributeError(f"patchvq: no Triton kernel for op {op!r}")
+    return getattr(getattr(torch.ops, NAMESPACE), op).default
+
+
+def _search_inputs(
+    x: torch.Tensor, codebook: torch.Tensor, metric: str, feature_dim: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, codebook, ||e||^2) as the kernels take them: one dtype, rows normalised along
+    x's `feature_dim` (and the codebook's rows) for cosine; ||e||^2 in the accumulation dtype."""
+    dtype = torch.promote_types(x.dtype, codebook.dtype)
+    acc = accumulate_dtype(dtype)
+    x, codebook = x.to(dtype), codebook.to(dtype)
+    if metric == "cosine":
+        x = normalize(x.to(acc).movedim(feature_dim, -1)).movedim(-1, feature_dim)
+        codebook = normalize(codebook.to(acc))
+    return x, codebook, codebook.to(acc).pow(2).sum(1)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::nearest_code", mutates_args=())
+def nearest_code(
+    x: torch.Tensor, codebook: torch.Tensor, metric: str = "l2", check_finite: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """patchvq::nearest_code on the Triton search kernel."""
+    if check_finite:
+        check_finite_values(x, "x")
+        check_finite_values(codebook, "codebook")
+    xs, cb, norms = _search_inputs(x, codebook, metric)
+    index = search_kernel.search(xs, cb, norms)
+    return index, search_kernel.winner_distance(xs, cb, index, metric == "cosine")
+
+
+@torch.library.custom_op(f"{NAMESPACE}::code_stats", mutates_args=())
+def code_stats(x: torch.Tensor, index: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """patchvq::code_stats on the Triton atomic-add kernel."""
+    if index.numel() and int(index.max()) >= num_codes:
+        raise ValueError(f"patchvq: index holds values >= num_codes ({num_codes})")
+    return code_stats_kernel.code_stats(x, index, num_codes)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::patch_assign", mutates_args=())
+def patch_assign(
+    levels: list[torch.Tensor], choice: torch.Tensor, codebook: torch.Tensor, metric: str = "l2",
+    check_finite: bool = True,
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """patchvq::patch_assign: each level's chosen vectors searched in place, then painted on the finest grid."""
+    factors = level_factors(levels)
+    fine = levels[0]
+    batch, dim, height, width = fine.shape
+    z_q = torch.zeros(batch, dim, height, width, dtype=fine.dtype, device=fine.device)
+    distance = torch.zeros(batch, height, width, dtype=accumulate_dtype(fine.dtype), device=fine.device)
+    choice = choice.contiguous()
+    if check_finite:
+        check_finite_values(codebook, "codebook")
+    indices = []
+    for level, (features, factor) in enumerate(zip(levels, factors)):
+        chosen = chosen_cells(choice, level, factors[-1] // factor)
+        if check_finite and bool((chosen & ~torch.isfinite(features).all(1)).any()):
+            raise ValueError(f"patchvq: levels[{level}] contains NaN or Inf at a chosen cell")
+        feats, cb, norms = _search_inputs(features, codebook, metric)
+        cells, offsets = patch_kernel.chosen_offsets(feats, chosen)
+        index = torch.full(chosen.shape, -1, dtype=torch.int64, device=fine.device)
+        level_distance = torch.zeros(chosen.shape, dtype=distance.dtype, device=fine.device)
+        if cells.numel():
+            found = search_kernel.search(feats, cb, norms, offsets)
+            index.view(-1)[cells] = found
+            level_distance.view(-1)[cells] = search_kernel.winner_distance(
+                feats, cb, found, metric == "cosine", offsets
+            )
+        patch_kernel.paint(z_q, distance, choice, level, factor, factors[-1], index, level_distance, codebook)
+        indices.append(index)
+    return z_q, indices, distance
+
+
+@torch.library.custom_op(f"{NAMESPACE}::patch_assign_backward", mutates_args=())
+def patch_assign_backward(grad_z_q: torch.Tensor, choice: torch.Tensor, factors: list[int]) -> list[torch.Tensor]:
+    """patchvq::patch_assign_backward on one summing kernel per level."""
+    return patch_kernel.patch_assign_backward(grad_z_q.contiguous(), choice.contiguous(), list(factors))
+
+
+nearest_code.register_fake(nearest_code_op.fake)
+nearest_code.register_autograd(nearest_code_op.backward, setup_context=nearest_code_op.setup_context)
+code_stats.register_fake(code_stats_op.fake)
+patch_assign.register_fake(patch_assign_op.fake)
+patch_assign.register_autograd(patch_assign_op.backward, setup_context=patch_assign_op.setup_context)
+patch_assign_backward.register_fake(patch_assign_op.fake_backward)

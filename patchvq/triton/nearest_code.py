@@ -1,0 +1,241 @@
+"""Fused nearest-code search in Triton: tiles of x against blocks of the codebook, running argmin.
+
+Each program owns BLOCK_M rows of x and streams the codebook in blocks of BLOCK_N codes; the
+dot products of a tile come from one `tl.dot` into float32 (float64 for float64 inputs) and
+turn into scores ||e||^2 - 2 x.e, folded into a per-row running minimum. No N x K buffer.
+
+Exactness of half precision: products of two bfloat16 (8-bit significand) or two float16
+(11-bit) values are exact in float32, and `tl.dot` accumulates them in float32, so the scores
+differ from a float32 search on the same rounded inputs only by the order of the float32
+summation, the same rounding a float32 search has against itself. float32 inputs use IEEE
+float32 products ("ieee"), never TF32, for the same reason.
+
+Under the Triton interpreter bfloat16 tiles are widened to float32 before `tl.dot`: the
+interpreter multiplies bfloat16 operands as their raw 16-bit patterns (Triton 3.x). The
+widening is exact and the products are exact either way, so the result is the same function.
+The interpreter's reductions also reject rows whose scores are all NaN, which only unchecked
+inputs (check_finite=False) produce; there NaN scores count as +inf, so every row still gets an
+index in range, as on a GPU, where the minimum skips NaN.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from patchvq.triton import INTERPRETED, launch_configs
+
+_MAX_RESIDENT_D = 256
+_FMA_BLOCK_D = 8
+
+
+def _config(m: int, n: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
+
+
+# Tensor-core tiles for half inputs; smaller ones for IEEE float32 products (CUDA cores) and for
+# float64, whose products are summed by hand (tl.dot has no float64 path on every target).
+_HALF_CONFIGS = [_config(128, 128, 8, 3), _config(128, 64, 4, 3), _config(64, 128, 4, 4), _config(128, 256, 8, 3)]
+_SINGLE_CONFIGS = [_config(64, 64, 4, 2), _config(128, 64, 8, 2)]
+_DOUBLE_CONFIGS = [_config(32, 32, 4, 1)]
+_SEARCH_CONFIGS = launch_configs(_HALF_CONFIGS + _SINGLE_CONFIGS + _DOUBLE_CONFIGS, _config(16, 16, 1, 1))
+
+
+_LARGE = 1 << 24  # N * K from which tuning pays for itself
+
+
+def size_class(n: int, k: int) -> int:
+    """1 for searches large enough to autotune for, else 0 (the first tile of the dtype's list)."""
+    return int(n * k >= _LARGE)
+
+
+def _configs_for_dtype(configs: list, named_args: dict, **kwargs) -> list:
+    """Autotune only among the tiles meant for x's dtype, and only for large searches."""
+    if INTERPRETED:
+        return configs
+    dtype = named_args["x_ptr"].dtype
+    wanted = {torch.float64: _DOUBLE_CONFIGS, torch.float32: _SINGLE_CONFIGS}.get(dtype, _HALF_CONFIGS)
+    chosen = [c for c in configs if any(c is w for w in wanted)]
+    return chosen if named_args["SIZE_CLASS"] else chosen[:1]
+
+
+def _block_d(args: dict) -> int:
+    """The whole row when D <= 256 (x stays resident over the codebook loop), else chunks of 64;
+    small chunks where products are summed by hand."""
+    d = args["D"]
+    if args["FMA_DOT"]:
+        return _FMA_BLOCK_D
+    return max(16, triton.next_power_of_2(d)) if d <= _MAX_RESIDENT_D else 64
+
+
+@triton.jit
+def _tile_dot(a, b, acc, ACC: tl.constexpr, FMA_DOT: tl.constexpr):
+    """acc + a @ b for tiles a[M, Dc] and b[Dc, N]: tl.dot, or products summed over Dc in registers."""
+    if FMA_DOT:
+        return acc + tl.sum(a[:, :, None].to(ACC) * b[None, :, :].to(ACC), 1)
+    return tl.dot(a, b, acc, out_dtype=ACC, input_precision="ieee")
+
+
+@triton.autotune(
+    configs=_SEARCH_CONFIGS,
+    key=["K", "D", "ACC", "SIZE_CLASS"],
+    prune_configs_by={"early_config_prune": _configs_for_dtype},
+)
+@triton.heuristics({"BLOCK_D": _block_d, "X_RESIDENT": lambda a: a["D"] <= a["BLOCK_D"]})
+@triton.jit
+def _search_kernel(
+    x_ptr, row_offset_ptr, codebook_ptr, code_norm_ptr, index_ptr,
+    N, K, D, SIZE_CLASS,
+    stride_xn, stride_xd, stride_ck, stride_cd,
+    GATHER: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, FMA_DOT: tl.constexpr,
+    NAN_TO_INF: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, X_RESIDENT: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < N
+    if GATHER:
+        row_start = tl.load(row_offset_ptr + rows, mask=row_ok, other=0)
+    else:
+        row_start = rows.to(tl.int64) * stride_xn
+    dims = tl.arange(0, BLOCK_D)
+    if X_RESIDENT:
+        x_tile = tl.load(
+            x_ptr + row_start[:, None] + dims[None, :] * stride_xd,
+            mask=row_ok[:, None] & (dims[None, :] < D), other=0.0,
+        )
+        if UPCAST:
+            x_tile = x_tile.to(tl.float32)
+    best = tl.full([BLOCK_M], float("inf"), ACC)
+    best_index = tl.zeros([BLOCK_M], tl.int32)
+    for k0 in range(0, K, BLOCK_N):
+        codes = k0 + tl.arange(0, BLOCK_N)
+        code_ok = codes < K
+        code_start = codes.to(tl.int64) * stride_ck
+        if X_RESIDENT:
+            code_tile = tl.load(
+                codebook_ptr + code_start[None, :] + dims[:, None] * stride_cd,
+                mask=code_ok[None, :] & (dims[:, None] < D), other=0.0,
+            )
+            if UPCAST:
+                code_tile = code_tile.to(tl.float32)
+            dot = _tile_dot(x_tile, code_tile, tl.zeros([BLOCK_M, BLOCK_N], ACC), ACC, FMA_DOT)
+        else:
+            dot = tl.zeros([BLOCK_M, BLOCK_N], ACC)
+            for d0 in range(0, D, BLOCK_D):
+                chunk = d0 + dims
+                x_chunk = tl.load(
+                    x_ptr + row_start[:, None] + chunk[None, :] * stride_xd,
+                    mask=row_ok[:, None] & (chunk[None, :] < D), other=0.0,
+                )
+                code_chunk = tl.load(
+                    codebook_ptr + code_start[None, :] + chunk[:, None] * stride_cd,
+                    mask=code_ok[None, :] & (chunk[:, None] < D), other=0.0,
+                )
+                if UPCAST:
+                    x_chunk = x_chunk.to(tl.float32)
+                    code_chunk = code_chunk.to(tl.float32)
+                dot = _tile_dot(x_chunk, code_chunk, dot, ACC, FMA_DOT)
+        norms = tl.load(code_norm_ptr + codes, mask=code_ok, other=float("inf"))
+        score = norms[None, :] - 2.0 * dot
+        if NAN_TO_INF:
+            score = tl.where(score != score, float("inf"), score)  # noqa: PLR0124 - true only for NaN
+        block_best, block_index = tl.min(score, 1, return_indices=True, return_indices_tie_break_left=True)
+        # Blocks arrive in code order, so a strict < keeps the smallest index on a tie.
+        better = block_best < best
+        best = tl.where(better, block_best, best)
+        best_index = tl.where(better, block_index + k0, best_index)
+    tl.store(index_ptr + rows, best_index.to(tl.int64), mask=row_ok)
+
+
+@triton.jit
+def _winner_distance_kernel(
+    x_ptr, row_offset_ptr, codebook_ptr, index_ptr, distance_ptr,
+    N, D,
+    stride_xn, stride_xd, stride_ck, stride_cd,
+    GATHER: tl.constexpr, COSINE: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < N
+    if GATHER:
+        row_start = tl.load(row_offset_ptr + rows, mask=row_ok, other=0)
+    else:
+        row_start = rows.to(tl.int64) * stride_xn
+    code_start = tl.load(index_ptr + rows, mask=row_ok, other=0) * stride_ck
+    total = tl.zeros([BLOCK_M], ACC)
+    for d0 in range(0, D, BLOCK_D):
+        dims = d0 + tl.arange(0, BLOCK_D)
+        ok = row_ok[:, None] & (dims[None, :] < D)
+        xs = tl.load(x_ptr + row_start[:, None] + dims[None, :] * stride_xd, mask=ok, other=0.0).to(ACC)
+        cs = tl.load(codebook_ptr + code_start[:, None] + dims[None, :] * stride_cd, mask=ok, other=0.0).to(ACC)
+        if COSINE:
+            total += tl.sum(xs * cs, 1)
+        else:
+            diff = xs - cs
+            total += tl.sum(diff * diff, 1)
+    if COSINE:
+        total = 1.0 - total
+    tl.store(distance_ptr + rows, total, mask=row_ok)
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _rows(x: torch.Tensor, row_offsets: torch.Tensor | None) -> tuple[int, torch.Tensor, bool]:
+    if row_offsets is None:
+        return x.shape[0], x, False
+    return row_offsets.shape[0], row_offsets, True
+
+
+def search(
+    x: torch.Tensor, codebook: torch.Tensor, code_norms: torch.Tensor, row_offsets: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Index int64[N] of the code minimising ||e||^2 - 2 x.e for each row of x[N, D]; ties to the smallest.
+
+    x and codebook[K, D] share one dtype; code_norms[K] holds ||e||^2 in the accumulation dtype.
+    With row_offsets int64[M], row i starts at element row_offsets[i] of x's storage and its D
+    values are x.stride(1) apart (a gather from a [B, D, H, W] map without copying), giving [M].
+    """
+    n, offsets, gather = _rows(x, row_offsets)
+    k, d = codebook.shape
+    index = torch.empty(n, dtype=torch.int64, device=x.device)
+    if n == 0:
+        return index
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)
+    _search_kernel[grid](
+        x, offsets, codebook, code_norms, index,
+        n, k, d, size_class(n, k),
+        x.stride(0), x.stride(1), codebook.stride(0), codebook.stride(1),
+        GATHER=gather, ACC=_acc(x.dtype), UPCAST=INTERPRETED and x.dtype == torch.bfloat16,
+        FMA_DOT=x.dtype == torch.float64, NAN_TO_INF=INTERPRETED,
+    )
+    return index
+
+
+def winner_distance(
+    x: torch.Tensor, codebook: torch.Tensor, index: torch.Tensor, cosine: bool,
+    row_offsets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Distance[N] of each row of x to codebook[index]: squared L2, or 1 - x.e for normalised rows.
+
+    Computed from the inputs in the accumulation dtype (float32, float64 for float64 x);
+    row_offsets as in `search`.
+    """
+    n, offsets, gather = _rows(x, row_offsets)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    distance = torch.empty(n, dtype=acc, device=x.device)
+    if n == 0:
+        return distance
+    block_m = 16 if INTERPRETED else 64
+    block_d = min(64, max(16, triton.next_power_of_2(codebook.shape[1])))
+    _winner_distance_kernel[(triton.cdiv(n, block_m),)](
+        x, offsets, codebook, index, distance,
+        n, codebook.shape[1],
+        x.stride(0), x.stride(1), codebook.stride(0), codebook.stride(1),
+        GATHER=gather, COSINE=cosine, ACC=_acc(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
+        num_warps=4,
+    )
+    return distance
+
