@@ -177,6 +177,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_inputs(const at::Tensor& x
     xs = xs / xs.norm(2, {feature_dim}, true).clamp_min(1e-12);
     cb = cb.to(acc);
     cb = cb / cb.norm(2, {1}, true).clamp_min(1e-12);
+    // Every code ranks by 1 - 2 x.e, so a zero code counts as orthogonal (distance 1).
+    return {xs, cb, at::ones({cb.size(0)}, cb.options().dtype(acc))};
   }
   return {xs, cb, cb.to(acc).pow(2).sum(1)};
 }

@@ -89,6 +89,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign(at::Ten
   const at::Tensor& fine = levels[0];
   TORCH_CHECK_VALUE(fine.dim() == 4, "patchvq: levels[0] must be 4-D [B, D, H, W], got shape ", fine.sizes());
   const at::Tensor choice = choice_in.to(at::kLong).contiguous();
+  if (choice.numel() > 0) {
+    const auto [low, high] = at::aminmax(choice);
+    TORCH_CHECK_VALUE(low.item<int64_t>() >= 0 && high.item<int64_t>() < static_cast<int64_t>(levels.size()),
+                      "patchvq: choice holds a level outside [0, ", levels.size(), ")");
+  }
   if (check_finite) check_all_finite(codebook, "codebook");
   const auto acc = fine.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor z_q = at::zeros(fine.sizes(), fine.options());

@@ -38,13 +38,16 @@ def _search_inputs(
     x: torch.Tensor, codebook: torch.Tensor, metric: str, feature_dim: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, codebook, ||e||^2) as the kernels take them: one dtype, rows normalised along
-    x's `feature_dim` (and the codebook's rows) for cosine; ||e||^2 in the accumulation dtype."""
+    x's `feature_dim` (and the codebook's rows) for cosine, where every ||e||^2 counts as 1;
+    ||e||^2 in the accumulation dtype."""
     dtype = torch.promote_types(x.dtype, codebook.dtype)
     acc = accumulate_dtype(dtype)
     x, codebook = x.to(dtype), codebook.to(dtype)
     if metric == "cosine":
         x = normalize(x.to(acc).movedim(feature_dim, -1)).movedim(-1, feature_dim)
         codebook = normalize(codebook.to(acc))
+        # Every code ranks by 1 - 2 x.e, so a zero code counts as orthogonal (distance 1).
+        return x, codebook, torch.ones(codebook.shape[0], dtype=acc, device=codebook.device)
     return x, codebook, codebook.to(acc).pow(2).sum(1)
 
 
@@ -81,8 +84,12 @@ def patch_assign(
     z_q = torch.zeros(batch, dim, height, width, dtype=fine.dtype, device=fine.device)
     distance = torch.zeros(batch, height, width, dtype=accumulate_dtype(fine.dtype), device=fine.device)
     choice = choice.contiguous()
+    if choice.numel() and (int(choice.min()) < 0 or int(choice.max()) >= len(levels)):
+        raise ValueError(f"patchvq: choice holds a level outside [0, {len(levels)})")
     if check_finite:
         check_finite_values(codebook, "codebook")
+    # z_q holds the codes rounded to the levels' dtype, as the reference writes them.
+    codes = codebook.to(fine.dtype)
     indices = []
     for level, (features, factor) in enumerate(zip(levels, factors)):
         chosen = chosen_cells(choice, level, factors[-1] // factor)
@@ -98,7 +105,7 @@ def patch_assign(
             level_distance.view(-1)[cells] = search_kernel.winner_distance(
                 feats, cb, found, metric == "cosine", offsets
             )
-        patch_kernel.paint(z_q, distance, choice, level, factor, factors[-1], index, level_distance, codebook)
+        patch_kernel.paint(z_q, distance, choice, level, factor, factors[-1], index, level_distance, codes)
         indices.append(index)
     return z_q, indices, distance
 
