@@ -58,15 +58,17 @@ def assert_nearest(
     codebook: torch.Tensor,
     metric: str = "l2",
     dtype: torch.dtype = torch.float32,
-) -> None:
-    """Check a search result against the float64 oracle (see the module docstring)."""
+) -> torch.Tensor:
+    """Check a search result against the float64 oracle (see the module docstring).
+
+    Returns bool[N]: the rows whose margin made the exact code mandatory."""
     n, k = x.shape[0], codebook.shape[0]
     index, distance = index.cpu(), distance.cpu()
     x, codebook = x.cpu(), codebook.cpu()
     assert index.dtype == torch.int64 and index.shape == (n,)
     assert distance.shape == (n,)
     if n == 0:
-        return
+        return torch.zeros(0, dtype=torch.bool)
     assert int(index.min()) >= 0 and int(index.max()) < k, "index out of range"
     exact = exact_distances(x, codebook, metric)
     best, best_index = exact.min(1)
@@ -74,6 +76,7 @@ def assert_nearest(
     # scores are ||e||^2 - 2 x.e: distance minus ||x||^2 for l2, 2 * distance - 1 on unit vectors
     score_per_distance = 1.0 if metric == "l2" else 2.0
     chosen = exact.gather(1, index[:, None])[:, 0]
+    clear = torch.ones(n, dtype=torch.bool)
     if k > 1:
         second = exact.topk(2, dim=1, largest=False).values[:, 1]
         clear = score_per_distance * (second - best) > bound
@@ -86,3 +89,4 @@ def assert_nearest(
     tol = distance_tolerance(x, codebook[index], metric, dtype)
     err = (distance.double() - chosen).abs()
     assert (err <= tol).all(), f"distance off by {float((err - tol).max()):.3g} beyond tolerance"
+    return clear

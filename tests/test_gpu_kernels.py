@@ -12,6 +12,7 @@ import os
 import pytest
 import torch
 from conftest import triton_missing
+from search_oracle import assert_nearest
 
 from patchvq import reference
 
@@ -44,44 +45,6 @@ def gpu_op(request, device):
 
 
 # ---- nearest_code: the tiling --------------------------------------------------------------
-
-
-def exact_and_bound(x, cb, metric):
-    """Float64 distances [N, K] on the given (rounded) inputs, and per row the float32 rounding
-    bound of a score difference, expressed in distance units."""
-    x64, cb64 = x.double().cpu(), cb.double().cpu()
-    eps32 = torch.finfo(torch.float32).eps
-    if metric == "cosine":
-        x64 = x64 / x64.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        cb64 = cb64 / cb64.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        # scores are ||e||^2 - 2 x.e = 2 * distance - 1 on unit rows
-        return 1.0 - x64 @ cb64.t(), torch.full((x.shape[0],), 4 * (x.shape[1] + 2) * eps32 * 3 / 2)
-    x_norm, e_norm = x64.norm(dim=1), cb64.norm(dim=1).max()
-    bound = 4 * (x.shape[1] + 2) * eps32 * (e_norm**2 + 2 * x_norm * e_norm)
-    return (x64[:, None] - cb64[None]).pow(2).sum(-1), bound
-
-
-def assert_nearest(index, distance, x, cb, metric="l2"):
-    """The float64 nearest code wherever the margin to the second best exceeds the float32
-    rounding bound, a code within the bound elsewhere; its distance to float32 accuracy.
-    Returns the rows that were decidable."""
-    index, distance = index.cpu(), distance.cpu()
-    exact, bound = exact_and_bound(x, cb, metric)
-    assert index.shape == (x.shape[0],) and index.dtype == torch.int64
-    if x.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    best = exact.min(1)
-    clear = torch.ones(x.shape[0], dtype=torch.bool)
-    if cb.shape[0] > 1:
-        two = exact.topk(2, dim=1, largest=False).values
-        clear = (two[:, 1] - two[:, 0]) > bound
-    assert torch.equal(index[clear], best.indices[clear])
-    chosen = exact.gather(1, index[:, None])[:, 0]
-    assert (chosen - best.values <= bound).all()
-    scale = (x.double().abs().cpu() + cb.double().cpu()[index].abs()).pow(2).sum(1) if metric == "l2" else 1.0
-    tol = 4 * (x.shape[1] + 2) * torch.finfo(torch.float32).eps * scale
-    assert ((distance.double() - chosen).abs() <= tol).all()
-    return clear
 
 
 def assert_same_search(gpu_op, x, cb, metric="l2"):
