@@ -1,5 +1,7 @@
 """Codebook: EMA with Laplace smoothing, k-means++ init, dead-code revival, usage statistics, arguments."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -73,6 +75,16 @@ def test_kmeans_with_all_rows_masked_stays_uninitialised():
     assert not book.initialised
     book.maybe_init(torch.randn(10, 3))
     assert book.initialised
+
+
+def test_search_before_kmeans_init_warns_and_after_does_not():
+    book = Codebook(4, 3, kmeans_init=True)
+    with pytest.warns(RuntimeWarning, match="k-means init"):
+        book.search(torch.randn(5, 3))
+    book.maybe_init(torch.randn(40, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        book.search(torch.randn(5, 3))
 
 
 def test_kmeans_seeding_and_sampling_are_bounded():

@@ -1,6 +1,7 @@
 """The codebook shared by VectorQuantize and PatchVQ: search, EMA updates, k-means init, revival, usage."""
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,13 @@ class Codebook(torch.nn.Module):
 
     def search(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest code of each row of x [N, D]: (index int64[N], distance[N]) by the fused patchvq.nearest_code."""
+        if self._needs_init and x.shape[0] > 0:
+            warnings.warn(
+                "patchvq: the codebook waits for k-means init (kmeans_init=True) and holds zeros; "
+                "run a training forward or call maybe_init first",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return nearest_code(x, self.weight, self.metric)
 
     def codes(self) -> torch.Tensor:
