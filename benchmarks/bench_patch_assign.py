@@ -8,7 +8,7 @@ Shape: B=32, a 256x256 input at strides (8, 16, 32) (grids 32, 16, 8), D=64, K=5
 `fine_fraction` of the patches choose the finest level; the rest split evenly between the other two.
 
 Run (one benchmark at a time on the machine):
-  flock /tmp/patchvq-bench.lock pytest benchmarks/bench_patch_assign.py --benchmark-only \
+  python -m pytest benchmarks/bench_patch_assign.py --benchmark-only \
       --benchmark-json=/tmp/patch_assign.json
   python benchmarks/bench_patch_assign.py /tmp/patch_assign.json   # the ratio table
 """

@@ -1,7 +1,7 @@
 """patchvq.VectorQuantize against vector_quantize_pytorch.VectorQuantize, same configuration, same run.
 
 Run (from the repository root; the first call builds the C++ kernels):
-    flock /tmp/patchvq-bench.lock env PYTHONPATH=$PWD python -m pytest benchmarks/bench_vector_quantize.py \
+    python -m pytest benchmarks/bench_vector_quantize.py \
         --benchmark-only -q -p no:cacheprovider
 
 Shapes: B*N = 65536 rows (B=16, N=4096), D = 64, K in {1024, 4096}, float32, on the CPU with
