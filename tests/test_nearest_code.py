@@ -216,7 +216,7 @@ def test_native_kernel_checks_its_own_arguments(device):
 
 def test_opcheck(kernel_backend, device):
     if kernel_backend != "native":
-        pytest.skip("opcheck checks the registered op; the Triton backend is a Python function outside the dispatcher")
+        pytest.skip("this checks patchvq::nearest_code; the Triton backend is the patchvq_triton op, checked in test_triton_ops.py")
     x, codebook = random_case(33, 17, 5, 1.0, 8, device)
     for metric in METRICS:
         torch.library.opcheck(torch.ops.patchvq.nearest_code.default, (x, codebook, metric, True))

@@ -75,6 +75,19 @@ def _tile_dot(a, b, acc, ACC: tl.constexpr, FMA_DOT: tl.constexpr):
     return tl.dot(a, b, acc, out_dtype=ACC, input_precision="ieee")
 
 
+@triton.jit
+def _program_rows(row_offset_ptr, N, stride_xn, GATHER: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's rows, which of them exist, and where each starts in x (an offset table
+    when GATHER, else row * stride)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < N
+    if GATHER:
+        row_start = tl.load(row_offset_ptr + rows, mask=row_ok, other=0)
+    else:
+        row_start = rows.to(tl.int64) * stride_xn
+    return rows, row_ok, row_start
+
+
 @triton.autotune(
     configs=_SEARCH_CONFIGS,
     key=["K", "D", "ACC", "SIZE_CLASS"],
@@ -90,13 +103,7 @@ def _search_kernel(
     NAN_TO_INF: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, X_RESIDENT: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < N
-    if GATHER:
-        row_start = tl.load(row_offset_ptr + rows, mask=row_ok, other=0)
-    else:
-        row_start = rows.to(tl.int64) * stride_xn
+    rows, row_ok, row_start = _program_rows(row_offset_ptr, N, stride_xn, GATHER, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     if X_RESIDENT:
         x_tile = tl.load(
@@ -155,13 +162,7 @@ def _winner_distance_kernel(
     GATHER: tl.constexpr, COSINE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < N
-    if GATHER:
-        row_start = tl.load(row_offset_ptr + rows, mask=row_ok, other=0)
-    else:
-        row_start = rows.to(tl.int64) * stride_xn
+    rows, row_ok, row_start = _program_rows(row_offset_ptr, N, stride_xn, GATHER, BLOCK_M)
     code_start = tl.load(index_ptr + rows, mask=row_ok, other=0) * stride_ck
     total = tl.zeros([BLOCK_M], ACC)
     for d0 in range(0, D, BLOCK_D):
