@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_data_helpers import btad, mvtec, truncate, write_image, write_mask
+from data_builders import btad, mvtec, truncate, write_image, write_mask
 from torch.utils.data import DataLoader
 
 from patchvq.data import (

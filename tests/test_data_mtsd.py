@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from PIL import Image
-from test_data_helpers import write_image, write_mask
+from data_builders import write_image, write_mask
 
 from patchvq.data import DatasetError, MTSDDataset, SkippedFilesWarning, mtsd_split, open_dataset
 from patchvq.data.mtsd import split_rule
