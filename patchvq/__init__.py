@@ -16,7 +16,7 @@ _LAZY = {
     "context_richness": "patchvq.layers",
 }
 
-__all__ = ["__version__", "code_stats", "nearest_code", "patch_assign", *_LAZY]
+__all__ = ["PatchVQ", "VectorQuantize", "__version__", "code_stats", "context_richness", "nearest_code", "patch_assign"]
 
 
 def __getattr__(name: str):

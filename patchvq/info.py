@@ -28,7 +28,7 @@ def compiler() -> str:
     if cxx is None:
         return "none found"
     try:
-        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         return f"{cxx} (unusable: {exc})"
     return out.splitlines()[0] if out else cxx
@@ -68,7 +68,7 @@ def collect(build: bool = True) -> dict:
         for op in OPS:
             try:
                 name = backend.choose(op, torch.device(device))[0]
-            except Exception as exc:  # report every failure reason instead of stopping
+            except Exception as exc:  # noqa: BLE001 - info reports every failure instead of stopping
                 name = f"error: {exc}"
             info[f"backend[{op}, {device}]"] = name
     return info

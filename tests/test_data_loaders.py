@@ -6,8 +6,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from data_builders import btad, mvtec, truncate, write_image, write_mask
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from patchvq.data import (

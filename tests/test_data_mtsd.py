@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 from data_builders import write_image, write_mask
+from PIL import Image
 
 from patchvq.data import DatasetError, MTSDDataset, SkippedFilesWarning, mtsd_split, open_dataset
 from patchvq.data.mtsd import split_rule
