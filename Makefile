@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml setup.py
 
 demo: $(STAMP)
 	$(PY) -m patchvq info
-	$(PY) -m pytest benchmarks/bench_nearest_code.py --benchmark-only -q -k quick
+	$(PY) -m pytest benchmarks/bench_nearest_code.py --benchmark-only -q -k quick \
+		--benchmark-json=$(VENV)/demo-benchmark.json
+	$(PY) benchmarks/ratios.py $(VENV)/demo-benchmark.json
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q
