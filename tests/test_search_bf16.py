@@ -33,7 +33,7 @@ def assert_same(index, distance, expected_index, expected_distance):
 @pytest.mark.parametrize("metric", ["l2", "cosine"])
 @pytest.mark.parametrize(
     ("n", "d", "k"),
-    [(14, 16, 64), (97, 17, 65), (1000, 64, 512), (517, 33, 1000), (300, 256, 4096), (2049, 64, 4096), (40, 129, 97)],
+    [(14, 32, 1024), (97, 33, 1025), (517, 64, 1100), (300, 256, 4096), (2049, 64, 4096), (40, 129, 1031)],
 )
 def test_matches_float32_kernel(cpu, n, d, k, metric):
     g = torch.Generator().manual_seed(n * 7 + d * 3 + k)
@@ -47,7 +47,7 @@ def test_matches_float32_kernel(cpu, n, d, k, metric):
 def test_strided_inputs(cpu):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(600, 96, generator=g)[:, ::2]
-    codebook = torch.randn(96, 200, generator=g)[:, :48]
+    codebook = torch.randn(1024, 200, generator=g)[:, :48]
     index, distance, stats, expected_index, expected_distance = search_both(cpu, x, codebook)
     assert stats["bf16_rows"] > 0
     assert_same(index, distance, expected_index, expected_distance)
@@ -65,21 +65,21 @@ def test_near_ties_fall_back_and_match(cpu):
     """Codes one bfloat16 ulp apart, 32 codes apart in the codebook so that they share a lane of
     the micro-kernel: bfloat16 cannot rank them, so rows re-run in float32."""
     g = torch.Generator().manual_seed(5)
-    codebook = bf16_ulp_neighbours(torch.randn(32, 64, generator=g), 8, g)
+    codebook = bf16_ulp_neighbours(torch.randn(32, 64, generator=g), 32, g)
     x = codebook[torch.randint(0, codebook.shape[0], (2000,), generator=g)] + 1e-3 * torch.randn(2000, 64, generator=g)
     index, distance, stats, expected_index, expected_distance = search_both(cpu, x, codebook)
     assert stats["fallback_rows"] > 0, f"no row fell back on near-ties: {stats}"
     assert_same(index, distance, expected_index, expected_distance)
 
 
-@pytest.mark.parametrize(("distinct", "settled_by", "least_rows"), [(100, "bf16_rows", 400), (32, "fallback_rows", 500)])
+@pytest.mark.parametrize(("distinct", "settled_by", "least_rows"), [(350, "bf16_rows", 400), (32, "fallback_rows", 500)])
 def test_exact_ties_keep_the_smallest_code(cpu, distinct, settled_by, least_rows):
-    """Three copies of `distinct` codes: copies in different lanes are re-scored in float32 and
-    tie there; copies 32 apart share a lane, so their rows re-run in float32. Both keep the
+    """Copies of `distinct` codes: copies in different lanes are re-scored in float32 and tie
+    there; copies 32 apart share a lane, so their rows re-run in float32. Both keep the
     smallest code."""
     g = torch.Generator().manual_seed(6)
     base = torch.randn(distinct, 32, generator=g)
-    codebook = torch.cat([base, base, base])
+    codebook = base.repeat(-(-1024 // distinct), 1)
     x = torch.randn(500, 32, generator=g)
     index, distance, stats, expected_index, expected_distance = search_both(cpu, x, codebook)
     assert stats[settled_by] >= least_rows, stats
@@ -93,9 +93,9 @@ def test_adversarial_ranking_needs_the_bound(cpu):
     would return the bfloat16 winner on those rows and fail here."""
     g = torch.Generator().manual_seed(7)
     d = 64
-    base = torch.randn(100, d, generator=g)
-    codebook = torch.cat([base, base + 2e-3 * torch.randn(100, d, generator=g)])
-    x = base[torch.randint(0, 100, (3000,), generator=g)] + 4e-3 * torch.randn(3000, d, generator=g)
+    base = torch.randn(520, d, generator=g)
+    codebook = torch.cat([base, base + 2e-3 * torch.randn(520, d, generator=g)])
+    x = base[torch.randint(0, 520, (3000,), generator=g)] + 4e-3 * torch.randn(3000, d, generator=g)
     index, distance, stats, expected_index, expected_distance = search_both(cpu, x, codebook)
     xb, cb = x.bfloat16().double(), codebook.bfloat16().double()
     bf16_winner = (codebook.double().pow(2).sum(1) - 2 * xb @ cb.t()).argmin(1)
@@ -107,7 +107,7 @@ def test_adversarial_ranking_needs_the_bound(cpu):
 
 def test_huge_values_fall_back(cpu):
     g = torch.Generator().manual_seed(8)
-    x, codebook = torch.randn(200, 32, generator=g) * 1e18, torch.randn(100, 32, generator=g) * 1e18
+    x, codebook = torch.randn(200, 32, generator=g) * 1e18, torch.randn(1024, 32, generator=g) * 1e18
     index, distance, stats, expected_index, expected_distance = search_both(cpu, x, codebook)
     assert stats == {"bf16_rows": 0, "fallback_rows": 200}
     assert_same(index, distance, expected_index, expected_distance)
@@ -115,14 +115,14 @@ def test_huge_values_fall_back(cpu):
 
 @pytest.mark.parametrize("where", ["x", "codebook"])
 def test_non_finite_input_raises(cpu, where):
-    x, codebook = torch.randn(100, 32), torch.randn(100, 32)
+    x, codebook = torch.randn(100, 32), torch.randn(1024, 32)
     (x if where == "x" else codebook)[50, 3] = float("nan")
     with pytest.raises(ValueError, match=f"{where} contains NaN or Inf"):
         patchvq.nearest_code(x, codebook)
 
 
 @pytest.mark.parametrize(
-    ("dtype", "d", "k"), [(torch.float64, 64, 512), (torch.float32, 8, 512), (torch.float32, 64, 16)]
+    ("dtype", "d", "k"), [(torch.float64, 64, 1024), (torch.float32, 16, 4096), (torch.float32, 64, 512)]
 )
 def test_not_taken_where_it_does_not_pay(cpu, dtype, d, k):
     x, codebook = torch.randn(300, d, dtype=dtype), torch.randn(k, d, dtype=dtype)

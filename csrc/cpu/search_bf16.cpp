@@ -33,8 +33,8 @@ SearchStats& last_search_stats() {
 #if defined(__AVX512BF16__)
 
 // Smallest D and K where the bfloat16 search beats the float32 kernel (benchmarks/README.md).
-constexpr int64_t kBf16MinDim = 16;
-constexpr int64_t kBf16MinCodes = 64;
+constexpr int64_t kBf16MinDim = 32;
+constexpr int64_t kBf16MinCodes = 1024;
 
 bool bf16_search_pays(int64_t n, int64_t k, int64_t d) {
   const bool one_pass = k * d * static_cast<int64_t>(sizeof(float)) <= kPackedCodesBytes;
@@ -202,16 +202,26 @@ int64_t bf16_pass(const StridedRows<float>& x, int64_t begin, int64_t end, const
         ++ambiguous;
         continue;
       }
-      const float* row = tiles32.get() + (r / MR) * MR * d + r % MR;
+      int candidates = 0;
       int32_t winner = -1;
-      float winner_score = 0;
-      for (int l = 0; l < NR; ++l) {
-        if (!(double(b[l]) <= threshold)) continue;
-        const int32_t c = code.get()[r * NR + l];
-        const float score = float32_kernel_score(row, MR, codes.float_codes(), c);
-        if (winner < 0 || score < winner_score || (score == winner_score && c < winner)) {
-          winner = c;
-          winner_score = score;
+      for (int l = 0; l < NR; ++l)
+        if (double(b[l]) <= threshold) {
+          ++candidates;
+          winner = code.get()[r * NR + l];
+        }
+      // One candidate is the float32 winner as it is; several are re-scored in float32.
+      if (candidates > 1) {
+        const float* row = tiles32.get() + (r / MR) * MR * d + r % MR;
+        float winner_score = 0;
+        winner = -1;
+        for (int l = 0; l < NR; ++l) {
+          if (!(double(b[l]) <= threshold)) continue;
+          const int32_t c = code.get()[r * NR + l];
+          const float score = float32_kernel_score(row, MR, codes.float_codes(), c);
+          if (winner < 0 || score < winner_score || (score == winner_score && c < winner)) {
+            winner = c;
+            winner_score = score;
+          }
         }
       }
       index[i] = winner;
