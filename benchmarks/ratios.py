@@ -59,9 +59,7 @@ def interleaved_table(benchmarks: list[dict]) -> list[str]:
         fallback = f"{100 * r.get('fallback_rows', 0) / r['n']:.1f}"
         lines.append(
             f"| {r['n']} | {r['d']} | {r['k']} | {ours:.0f} | {matmul:.0f} | {100 * ours / matmul:.0f} % | "
-            f"{bf16} | {fallback} | "
-            + " | ".join(cells)
-            + " |"
+            f"{bf16} | {fallback} | " + " | ".join(cells) + " |"
         )
     return lines
 

@@ -72,7 +72,9 @@ def test_near_ties_fall_back_and_match(cpu):
     assert_same(index, distance, expected_index, expected_distance)
 
 
-@pytest.mark.parametrize(("distinct", "settled_by", "least_rows"), [(350, "bf16_rows", 400), (32, "fallback_rows", 500)])
+@pytest.mark.parametrize(
+    ("distinct", "settled_by", "least_rows"), [(350, "bf16_rows", 400), (32, "fallback_rows", 500)]
+)
 def test_exact_ties_keep_the_smallest_code(cpu, distinct, settled_by, least_rows):
     """Copies of `distinct` codes: copies in different lanes are re-scored in float32 and tie
     there; copies 32 apart share a lane, so their rows re-run in float32. Both keep the

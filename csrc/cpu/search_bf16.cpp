@@ -193,7 +193,8 @@ int64_t bf16_pass(const StridedRows<float>& x, int64_t begin, int64_t end, const
       const double e_norm = codes.max_norm();
       float lead = b[0];
       for (int l = 1; l < NR; ++l) lead = std::min(lead, b[l]);
-      const double threshold = double(lead) + 2 * score_error_bound(x_norm, row_norm.get()[r].error, e_norm, codes.max_error(), d);
+      const double bound = score_error_bound(x_norm, row_norm.get()[r].error, e_norm, codes.max_error(), d);
+      const double threshold = double(lead) + 2 * bound;
       bool known = x_norm * e_norm < kSafeMagnitude && e_norm * e_norm < kSafeMagnitude && std::isfinite(lead);
       for (int l = 0; l < NR && known; ++l) known = double(s[l]) > threshold;
       const int64_t i = first + r;
