@@ -21,6 +21,8 @@ void search_rows(const scalar_t* x, int64_t n, const scalar_t* codebook, int64_t
 
 // search_rows over strided views x[n, d] and codebook[k, d] (any strides, no copy). With
 // check_finite, a NaN or Inf in either raises a ValueError naming it, found while packing.
+// Float32 searches of shapes where it pays run the exact bfloat16 search (search_bf16.h) when
+// built with AVX512-BF16: the same indices and distances as the float32 kernel.
 template <typename scalar_t>
 void search_matrix(const StridedRows<scalar_t>& x, const StridedRows<scalar_t>& codebook, Metric metric,
                    bool check_finite, int64_t* index, scalar_t* distance);

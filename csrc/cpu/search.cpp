@@ -41,10 +41,12 @@ template <typename scalar_t>
 void search_matrix(const StridedRows<scalar_t>& x, const StridedRows<scalar_t>& codebook, Metric metric,
                    bool check_finite, int64_t* index, scalar_t* distance) {
   last_search_stats() = {};
+#if defined(__AVX512BF16__)
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (bf16_search_pays(x.rows, codebook.rows, codebook.cols))
       return search_bf16(x, codebook, metric, check_finite, index, distance);
   }
+#endif
   search_with<typename SearchFor<scalar_t>::type>(x, codebook, metric, check_finite, index, distance);
 }
 

@@ -293,10 +293,6 @@ void search_bf16(const StridedRows<float>& x, const StridedRows<float>& codebook
 
 bool bf16_search_pays(int64_t, int64_t, int64_t) { return false; }
 
-void search_bf16(const StridedRows<float>&, const StridedRows<float>&, Metric, bool, int64_t*, float*) {
-  TORCH_CHECK(false, "patchvq: this build has no AVX512-BF16 search");
-}
-
 #endif
 
 }  // namespace patchvq::cpu

@@ -22,7 +22,7 @@ bool bf16_search_pays(int64_t n, int64_t k, int64_t d);
 
 // Same result as search_with<FloatSearch> (index and exact distance, same ties), but scores
 // every code in bfloat16 and re-runs in float32 only the rows whose bfloat16 margin is within
-// the rounding bound. Requires bf16_search_pays.
+// the rounding bound. Requires bf16_search_pays; defined only in builds with AVX512-BF16.
 void search_bf16(const StridedRows<float>& x, const StridedRows<float>& codebook, Metric metric, bool check_finite,
                  int64_t* index, float* distance);
 
