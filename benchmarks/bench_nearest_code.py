@@ -11,6 +11,7 @@ import torch
 from conftest import THREADS, blas_kernels, faiss_or_skip, measure, shape_id
 
 import patchvq
+from patchvq.ops import native
 
 FULL_SHAPES = [(n, d, k) for n in (16384, 65536) for d in (64, 256) for k in (512, 4096)]
 QUICK_SHAPE = (16384, 64, 512)
@@ -77,7 +78,7 @@ def tune_faiss_blocks(faiss, index, x_np, trials: int = 2) -> tuple[int, int]:
     return chosen
 
 
-METHODS = ["patchvq", "cdist_argmin", "addmm_argmin", "chunked_addmm_min", "faiss_flat_l2"]
+METHODS = ["patchvq", "patchvq_fp32", "cdist_argmin", "addmm_argmin", "chunked_addmm_min", "faiss_flat_l2"]
 
 
 def searcher(method: str, x: torch.Tensor, codebook: torch.Tensor):
@@ -85,6 +86,11 @@ def searcher(method: str, x: torch.Tensor, codebook: torch.Tensor):
     Setup a user does once per codebook (faiss's index, the chunked buffers) happens here."""
     if method == "patchvq":
         return lambda: patchvq.nearest_code(x, codebook)[0]
+    if method == "patchvq_fp32":
+        # The float32 kernel alone: what patchvq.nearest_code runs where the bfloat16 search
+        # is not built or does not pay, and the answer the bfloat16 search reproduces.
+        kernel = native.cpu_extension().float32_kernel_nearest_code
+        return lambda: kernel(x, codebook, "l2")[0]
     if method == "cdist_argmin":
         return lambda: cdist_argmin(x, codebook)
     if method == "addmm_argmin":
@@ -144,6 +150,8 @@ def test_interleaved(benchmark, n, d, k):
     g = torch.Generator().manual_seed(1)
     a, b, product = torch.randn(side, side, generator=g), torch.randn(side, side, generator=g), torch.empty(side, side)
     functions["matmul"] = lambda: torch.mm(a, b, out=product)
+    patchvq.nearest_code(x, codebook)
+    search_stats = native.cpu_extension().last_search_stats()
     seconds = {name: [] for name in functions}
 
     def one_round():
@@ -166,6 +174,8 @@ def test_interleaved(benchmark, n, d, k):
         matmul_flops=2.0 * side**3,
         min_seconds={name: min(times) for name, times in seconds.items()},
         threads=THREADS,
+        bf16_rows=search_stats["bf16_rows"],
+        fallback_rows=search_stats["fallback_rows"],
     )
 
 

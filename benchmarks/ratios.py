@@ -45,20 +45,21 @@ def interleaved_table(benchmarks: list[dict]) -> list[str]:
         return []
     others = sorted({m for r in rows for m in r["min_seconds"]} - {"patchvq", "matmul"})
     lines = [
-        "| N | D | K | patchvq GFLOP/s | matmul GFLOP/s | % of matmul | "
+        "| N | D | K | patchvq GFLOP/s | matmul GFLOP/s | % of matmul | bf16 rows % | fallback rows % | "
         + " | ".join(f"x vs {m}" for m in others)
         + " |",
-        "|---" * (6 + len(others)) + "|",
+        "|---" * (8 + len(others)) + "|",
     ]
     for r in sorted(rows, key=lambda r: (r["n"], r["d"], r["k"], r["flops"])):
         best = r["min_seconds"]
         ours = r["flops"] / best["patchvq"] / 1e9
         matmul = r["matmul_flops"] / best["matmul"] / 1e9
         cells = [f"{best[m] / best['patchvq']:.2f}" if m in best else "-" for m in others]
+        bf16 = f"{100 * r.get('bf16_rows', 0) / r['n']:.1f}"
+        fallback = f"{100 * r.get('fallback_rows', 0) / r['n']:.1f}"
         lines.append(
             f"| {r['n']} | {r['d']} | {r['k']} | {ours:.0f} | {matmul:.0f} | {100 * ours / matmul:.0f} % | "
-            + " | ".join(cells)
-            + " |"
+            f"{bf16} | {fallback} | " + " | ".join(cells) + " |"
         )
     return lines
 

@@ -47,7 +47,10 @@ CHECK_BUILD = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64", reason="x86-64 -march targets")
-@pytest.mark.parametrize(("march", "expected"), [("-march=haswell", "avx2"), ("-march=x86-64", "scalar")])
+@pytest.mark.parametrize(
+    ("march", "expected"),
+    [("-march=skylake-avx512", "avx512"), ("-march=haswell", "avx2"), ("-march=x86-64", "scalar")],
+)
 def test_micro_kernel_built_for_an_older_target(tmp_path, march, expected):
     env = dict(os.environ)
     env.pop("PATCHVQ_BACKEND", None)

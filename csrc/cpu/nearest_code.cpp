@@ -34,6 +34,19 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_cpu(const at::Tensor& x, const a
 }
 
 }  // namespace
+
+std::tuple<at::Tensor, at::Tensor> nearest_code_float32_kernel(const at::Tensor& x, const at::Tensor& codebook,
+                                                               const std::string& metric) {
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat && codebook.scalar_type() == at::kFloat && x.dim() == 2 &&
+                        codebook.dim() == 2 && x.size(1) == codebook.size(1) && codebook.size(0) > 0,
+                    "patchvq: float32 x [N, D] and a non-empty float32 codebook [K, D] expected");
+  at::Tensor index = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  at::Tensor distance = at::empty({x.size(0)}, x.options());
+  search_matrix_float32_kernel(view_of<float>(x), view_of<float>(codebook), parse_metric(metric), true,
+                               index.data_ptr<int64_t>(), distance.data_ptr<float>());
+  return {index, distance};
+}
+
 }  // namespace patchvq::cpu
 
 TORCH_LIBRARY_IMPL(patchvq, CPU, m) { m.impl("nearest_code", &patchvq::cpu::nearest_code_cpu); }

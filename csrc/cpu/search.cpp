@@ -2,12 +2,14 @@
 // the compiler targets (chosen at build time from -march).
 #include "nearest_code.h"
 #include "search_avx2.h"
+#include "search_bf16.h"
 #include "search_avx512.h"
 #include "search_driver.h"
 #include "search_scalar.h"
 #include "simd.h"
 
 #include <string_view>
+#include <type_traits>
 
 namespace patchvq::cpu {
 namespace {
@@ -38,7 +40,20 @@ struct SearchFor<double> {
 template <typename scalar_t>
 void search_matrix(const StridedRows<scalar_t>& x, const StridedRows<scalar_t>& codebook, Metric metric,
                    bool check_finite, int64_t* index, scalar_t* distance) {
+  last_search_stats() = {};
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (bf16_search_pays(x.rows, codebook.rows, codebook.cols))
+      return search_bf16(x, codebook, metric, check_finite, index, distance);
+  }
+#endif
   search_with<typename SearchFor<scalar_t>::type>(x, codebook, metric, check_finite, index, distance);
+}
+
+void search_matrix_float32_kernel(const StridedRows<float>& x, const StridedRows<float>& codebook, Metric metric,
+                                  bool check_finite, int64_t* index, float* distance) {
+  last_search_stats() = {};
+  search_with<FloatSearch>(x, codebook, metric, check_finite, index, distance);
 }
 
 template <typename scalar_t>
