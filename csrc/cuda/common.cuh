@@ -7,6 +7,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/aminmax.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/isfinite.h>
@@ -26,6 +27,11 @@ inline void check_launch(const char* kernel) {
 
 inline unsigned int blocks_for(int64_t items, int64_t per_block) {
   return static_cast<unsigned int>((items + per_block - 1) / per_block);
+}
+
+// Where row `row` of x starts: its entry in an offset table (gathered rows), else row * stride.
+__device__ __forceinline__ int64_t row_start(const int64_t* row_offsets, int64_t row, int64_t stride_xn) {
+  return row_offsets != nullptr ? row_offsets[row] : row * stride_xn;
 }
 
 // Raise ValueError-like errors as the reference does: NaN or Inf in an input is an error.

@@ -34,10 +34,6 @@ __device__ __forceinline__ bool better(acc_t value, int64_t index, acc_t best, i
   return value < best || (value == best && index < best_index);
 }
 
-__device__ __forceinline__ int64_t row_start(const int64_t* row_offsets, int64_t row, int64_t stride_xn) {
-  return row_offsets != nullptr ? row_offsets[row] : row * stride_xn;
-}
-
 template <typename scalar_t, typename acc_t, int kPerThread = per_thread<acc_t>()>
 __global__ void __launch_bounds__(kThreads, 1) search_kernel(
     const scalar_t* __restrict__ x, const int64_t* __restrict__ row_offsets, int64_t stride_xn, int64_t stride_xd,

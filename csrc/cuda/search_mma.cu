@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(kThreads) search_mma_kernel(
         const int64_t row = row0 + r;
         const int64_t code = k0 + r;
         const int64_t dim = d0 + c;
-        const int64_t start = row < n ? (row_offsets != nullptr ? row_offsets[row] : row * stride_xn) : 0;
+        const int64_t start = row < n ? row_start(row_offsets, row, stride_xn) : 0;
         x_tile[r * kTileLd + c] = (row < n && dim < d) ? x_bits[start + dim * stride_xd] : uint16_t(0);
         code_tile[r * kTileLd + c] =
             (code < k && dim < d) ? code_bits[code * stride_ck + dim * stride_cd] : uint16_t(0);
