@@ -9,6 +9,13 @@
 
 namespace patchvq::cpu {
 
+// The indices of the 32 codes first_code.. of a panel, as two vectors of 16 lanes.
+inline void panel_codes(int32_t first_code, __m512i& low, __m512i& high) {
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  low = _mm512_add_epi32(_mm512_set1_epi32(first_code), lanes);
+  high = _mm512_add_epi32(low, _mm512_set1_epi32(16));
+}
+
 struct Avx512Search {
   using acc_t = float;
   static constexpr int MR = 14;
@@ -37,9 +44,8 @@ struct Avx512Search {
     const __m512 minus_two = _mm512_set1_ps(-2.0f);
     const __m512 n0 = _mm512_load_ps(norms);
     const __m512 n1 = _mm512_load_ps(norms + 16);
-    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(first_code), lanes);
-    const __m512i c1 = _mm512_add_epi32(c0, _mm512_set1_epi32(16));
+    __m512i c0, c1;
+    panel_codes(first_code, c0, c1);
 #pragma GCC unroll 14
     for (int r = 0; r < M; ++r) {
       float* value = best_value + r * NR;

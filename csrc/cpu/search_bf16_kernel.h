@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "search_avx512.h"
+
 namespace patchvq::cpu {
 
 // float -> bfloat16 bits, rounded to nearest even (inputs are finite or the row falls back).
@@ -52,9 +54,8 @@ struct Bf16Search {
     const __m512 minus_two = _mm512_set1_ps(-2.0f);
     const __m512 n0 = _mm512_load_ps(norms);
     const __m512 n1 = _mm512_load_ps(norms + 16);
-    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(first_code), lanes);
-    const __m512i c1 = _mm512_add_epi32(c0, _mm512_set1_epi32(16));
+    __m512i c0, c1;
+    panel_codes(first_code, c0, c1);
 #pragma GCC unroll 14
     for (int r = 0; r < M; ++r) {
       fold(_mm512_fmadd_ps(acc[r][0], minus_two, n0), c0, best_value + r * NR, second_value + r * NR,
