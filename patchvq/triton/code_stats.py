@@ -31,6 +31,12 @@ def _code_stats_kernel(
         tl.atomic_add(sum_ptr + code[:, None] * D + dims[None, :], values, mask=ok)
 
 
+def blocks(d: int) -> dict:
+    """The kernel's tile for rows of width d: BLOCK_M rows, BLOCK_D columns a step."""
+    return {"BLOCK_M": 16 if INTERPRETED else 32,
+            "BLOCK_D": min(16 if INTERPRETED else 64, max(16, triton.next_power_of_2(d)))}
+
+
 def code_stats(x: torch.Tensor, index: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(count[K], sum[K, D]) of the rows of x[N, D] with index int64[N] in [0, K); negative rows skipped.
 
@@ -42,12 +48,10 @@ def code_stats(x: torch.Tensor, index: torch.Tensor, num_codes: int) -> tuple[to
     total = torch.zeros(num_codes, d, dtype=acc, device=x.device)
     if n == 0:
         return count, total
-    block_m = 16 if INTERPRETED else 64
-    block_d = min(16 if INTERPRETED else 128, max(16, triton.next_power_of_2(d)))
-    _code_stats_kernel[(triton.cdiv(n, block_m),)](
+    tile = blocks(d)
+    _code_stats_kernel[(triton.cdiv(n, tile["BLOCK_M"]),)](
         x, index, count, total,
         n, d, x.stride(0), x.stride(1),
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK_M=block_m, BLOCK_D=block_d,
-        num_warps=4,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, **tile, num_warps=4,
     )
     return count, total

@@ -18,26 +18,68 @@ inputs (check_finite=False) produce; there NaN scores count as +inf, so every ro
 index in range, as on a GPU, where the minimum skips NaN.
 """
 
+from dataclasses import dataclass
+from functools import cached_property
+
 import torch
 import triton
 import triton.language as tl
 
 from patchvq.triton import INTERPRETED, launch_configs
 
-_MAX_RESIDENT_D = 256
 _FMA_BLOCK_D = 8
 
 
-def _config(m: int, n: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
+@dataclass(frozen=True)
+class Tile:
+    """A launch configuration of the search: BLOCK_M rows against BLOCK_N codes; rows up to
+    resident_d wide stay in registers over the codebook loop, wider ones are taken chunk_d
+    columns at a time; max_d, when given, bounds the row widths the tile is offered for."""
+
+    block_m: int
+    block_n: int
+    warps: int
+    stages: int
+    resident_d: int
+    chunk_d: int
+    max_d: int | None = None
+
+    @cached_property
+    def config(self) -> triton.Config:
+        kwargs = {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "RESIDENT_D": self.resident_d,
+                  "CHUNK_D": self.chunk_d}
+        return triton.Config(kwargs, num_warps=self.warps, num_stages=self.stages)
 
 
-# Tensor-core tiles for half inputs; smaller ones for IEEE float32 products (CUDA cores) and for
-# float64, whose products are summed by hand (tl.dot has no float64 path on every target).
-_HALF_CONFIGS = [_config(128, 128, 8, 3), _config(128, 64, 4, 3), _config(64, 128, 4, 4), _config(128, 256, 8, 3)]
-_SINGLE_CONFIGS = [_config(64, 64, 4, 2), _config(128, 64, 8, 2)]
-_DOUBLE_CONFIGS = [_config(32, 32, 4, 1)]
-_SEARCH_CONFIGS = launch_configs(_HALF_CONFIGS + _SINGLE_CONFIGS + _DOUBLE_CONFIGS, _config(16, 16, 1, 1))
+# Each tile compiles for sm_80 and sm_90 without register spills and within the shared memory of
+# both at every row width it is offered for, multiples of 16 or not (tests/triton_aot.py checks
+# each; the chunk widths are the ones that do not spill).
+# Tensor-core tiles for half inputs; the first serves small searches, which are not tuned.
+HALF_TILES = [
+    Tile(128, 128, 8, 3, resident_d=128, chunk_d=32),
+    Tile(128, 64, 4, 3, resident_d=256, chunk_d=64),
+    Tile(64, 128, 4, 4, resident_d=128, chunk_d=32),
+    Tile(64, 128, 8, 2, resident_d=256, chunk_d=64),
+    Tile(128, 256, 8, 3, resident_d=64, chunk_d=64, max_d=64),  # spills on wider rows
+]
+# IEEE float32 products run on CUDA cores, where a whole resident row spills and chunks of 16 do not.
+SINGLE_TILES = [
+    Tile(64, 64, 4, 2, resident_d=0, chunk_d=16),
+    Tile(128, 64, 8, 2, resident_d=0, chunk_d=16),
+    Tile(64, 128, 8, 2, resident_d=0, chunk_d=16),
+]
+# float64 products are summed by hand (tl.dot has no float64 path on every target).
+DOUBLE_TILES = [Tile(32, 32, 4, 1, resident_d=0, chunk_d=_FMA_BLOCK_D)]
+_INTERPRETED_TILE = Tile(16, 16, 1, 1, resident_d=256, chunk_d=64)
+_SEARCH_CONFIGS = launch_configs(
+    [t.config for t in HALF_TILES + SINGLE_TILES + DOUBLE_TILES], _INTERPRETED_TILE.config
+)
+
+
+def tiles_of(dtype: torch.dtype, d: int) -> list[Tile]:
+    """The tiles meant for inputs of this dtype and row width, the untuned choice first."""
+    tiles = {torch.float64: DOUBLE_TILES, torch.float32: SINGLE_TILES}.get(dtype, HALF_TILES)
+    return [t for t in tiles if t.max_d is None or d <= t.max_d]
 
 
 _LARGE = 1 << 24  # N * K from which tuning pays for itself
@@ -48,23 +90,22 @@ def size_class(n: int, k: int) -> int:
     return int(n * k >= _LARGE)
 
 
-def _configs_for_dtype(configs: list, named_args: dict, **kwargs) -> list:
-    """Autotune only among the tiles meant for x's dtype, and only for large searches."""
+def tiles_for(configs: list, named_args: dict, **kwargs) -> list:
+    """The autotuning candidates of a search: its dtype's tiles for its row width, all of them
+    for large searches, else the first."""
     if INTERPRETED:
         return configs
-    dtype = named_args["x_ptr"].dtype
-    wanted = {torch.float64: _DOUBLE_CONFIGS, torch.float32: _SINGLE_CONFIGS}.get(dtype, _HALF_CONFIGS)
-    chosen = [c for c in configs if any(c is w for w in wanted)]
+    chosen = [t.config for t in tiles_of(named_args["x_ptr"].dtype, named_args["D"])]
     return chosen if named_args["SIZE_CLASS"] else chosen[:1]
 
 
 def _block_d(args: dict) -> int:
-    """The whole row when D <= 256 (x stays resident over the codebook loop), else chunks of 64;
-    small chunks where products are summed by hand."""
-    d = args["D"]
+    """The columns of x and the codebook one step takes: the whole row (padded to a power of two)
+    when it stays resident, else the tile's chunk; a small chunk where products are summed by hand."""
     if args["FMA_DOT"]:
         return _FMA_BLOCK_D
-    return max(16, triton.next_power_of_2(d)) if d <= _MAX_RESIDENT_D else 64
+    d = args["D"]
+    return max(16, triton.next_power_of_2(d)) if d <= args["RESIDENT_D"] else args["CHUNK_D"]
 
 
 @triton.jit
@@ -91,7 +132,7 @@ def _program_rows(row_offset_ptr, N, stride_xn, GATHER: tl.constexpr, BLOCK_M: t
 @triton.autotune(
     configs=_SEARCH_CONFIGS,
     key=["K", "D", "ACC", "SIZE_CLASS"],
-    prune_configs_by={"early_config_prune": _configs_for_dtype},
+    prune_configs_by={"early_config_prune": tiles_for},
 )
 @triton.heuristics({"BLOCK_D": _block_d, "X_RESIDENT": lambda a: a["D"] <= a["BLOCK_D"]})
 @triton.jit
@@ -101,7 +142,8 @@ def _search_kernel(
     stride_xn, stride_xd, stride_ck, stride_cd,
     GATHER: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, FMA_DOT: tl.constexpr,
     NAN_TO_INF: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, X_RESIDENT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RESIDENT_D: tl.constexpr, CHUNK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, X_RESIDENT: tl.constexpr,
 ):
     rows, row_ok, row_start = _program_rows(row_offset_ptr, N, stride_xn, GATHER, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
@@ -215,6 +257,11 @@ def search(
     return index
 
 
+def winner_distance_blocks(d: int) -> dict:
+    """The winner-distance kernel's tile for rows of width d: BLOCK_M rows, BLOCK_D columns a step."""
+    return {"BLOCK_M": 16 if INTERPRETED else 64, "BLOCK_D": min(64, max(16, triton.next_power_of_2(d)))}
+
+
 def winner_distance(
     x: torch.Tensor, codebook: torch.Tensor, index: torch.Tensor, cosine: bool,
     row_offsets: torch.Tensor | None = None,
@@ -229,14 +276,12 @@ def winner_distance(
     distance = torch.empty(n, dtype=acc, device=x.device)
     if n == 0:
         return distance
-    block_m = 16 if INTERPRETED else 64
-    block_d = min(64, max(16, triton.next_power_of_2(codebook.shape[1])))
-    _winner_distance_kernel[(triton.cdiv(n, block_m),)](
+    blocks = winner_distance_blocks(codebook.shape[1])
+    _winner_distance_kernel[(triton.cdiv(n, blocks["BLOCK_M"]),)](
         x, offsets, codebook, index, distance,
         n, codebook.shape[1],
         x.stride(0), x.stride(1), codebook.stride(0), codebook.stride(1),
-        GATHER=gather, COSINE=cosine, ACC=_acc(x.dtype), BLOCK_M=block_m, BLOCK_D=block_d,
-        num_warps=4,
+        GATHER=gather, COSINE=cosine, ACC=_acc(x.dtype), **blocks, num_warps=4,
     )
     return distance
 

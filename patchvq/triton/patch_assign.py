@@ -13,7 +13,12 @@ import triton.language as tl
 
 from patchvq.triton import INTERPRETED
 
-_BLOCK_CELLS = 16 if INTERPRETED else 128
+BACKWARD_BLOCK = 64 if INTERPRETED else 256  # level elements a backward program sums
+
+
+def paint_blocks(d: int) -> dict:
+    """The paint kernel's tile for vectors of width d: BLOCK_P fine cells, BLOCK_D columns a step."""
+    return {"BLOCK_P": 16 if INTERPRETED else 128, "BLOCK_D": min(64, max(16, triton.next_power_of_2(d)))}
 
 
 @triton.jit
@@ -101,13 +106,13 @@ def paint(
     cells = batch * height * width
     if cells == 0:
         return
-    _paint_kernel[(triton.cdiv(cells, _BLOCK_CELLS),)](
+    tile = paint_blocks(dim)
+    _paint_kernel[(triton.cdiv(cells, tile["BLOCK_P"]),)](
         z_q, distance, choice, index, level_distance, codebook,
         batch, dim, height, width, index.shape[1], index.shape[2], choice.shape[1], choice.shape[2],
         level, factor, patch,
         codebook.stride(0), codebook.stride(1),
-        BLOCK_P=_BLOCK_CELLS, BLOCK_D=min(64, max(16, triton.next_power_of_2(dim))),
-        num_warps=4,
+        **tile, num_warps=4,
     )
 
 
@@ -117,17 +122,16 @@ def patch_assign_backward(grad_z_q: torch.Tensor, choice: torch.Tensor, factors:
     batch, dim, height, width = grad_z_q.shape
     acc = tl.float64 if grad_z_q.dtype == torch.float64 else tl.float32
     patch = factors[-1]
-    block = 64 if INTERPRETED else 256
     grads = []
     for level, factor in enumerate(factors):
         hl, wl = height // factor, width // factor
         out = torch.empty(batch, dim, hl, wl, dtype=grad_z_q.dtype, device=grad_z_q.device)
         if out.numel():
-            _backward_kernel[(triton.cdiv(out.numel(), block),)](
+            _backward_kernel[(triton.cdiv(out.numel(), BACKWARD_BLOCK),)](
                 grad_z_q, choice, out,
                 batch, dim, height, width, hl, wl, choice.shape[1], choice.shape[2],
                 level, factor, patch,
-                ACC=acc, BLOCK=block, num_warps=4,
+                ACC=acc, BLOCK=BACKWARD_BLOCK, num_warps=4,
             )
         grads.append(out)
     return grads
