@@ -35,8 +35,9 @@ def cuda_sources(root: Path | None = None) -> list[str]:
 
 
 def cpu_cflags() -> list[str]:
-    """-march=native picks AVX-512 or AVX2 from the building machine; OpenMP drives at::parallel_for."""
-    flags = ["-O3", "-std=c++17"]
+    """-march=native picks AVX-512 or AVX2 from the building machine; OpenMP drives at::parallel_for.
+    The C++ standard is left to torch, which passes the one its headers need."""
+    flags = ["-O3"]
     if sys.platform != "darwin":
         flags += ["-march=native", "-fopenmp"]
     return flags
