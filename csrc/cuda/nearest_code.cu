@@ -164,8 +164,10 @@ bool parse_cosine(c10::string_view metric) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> search_inputs(const at::Tensor& x, const at::Tensor& codebook,
                                                              bool cosine, int64_t feature_dim) {
-  const auto dtype = c10::promoteTypes(x.scalar_type(), codebook.scalar_type());
-  const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  // The reference searches in x's accumulation type: a float64 codebook with float32 (or half)
+  // x is rounded to float32, not x widened, so distances keep x's dtype as the fake kernel says.
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto dtype = x.scalar_type() == codebook.scalar_type() ? x.scalar_type() : acc;
   at::Tensor xs = x.to(dtype);
   at::Tensor cb = codebook.to(dtype);
   if (cosine) {
