@@ -157,8 +157,8 @@ int64_t row_count(const at::Tensor& x, const at::Tensor& row_offsets) {
 }  // namespace
 
 bool parse_cosine(c10::string_view metric) {
-  TORCH_CHECK_VALUE(metric == "l2" || metric == "cosine", "patchvq: metric must be \"l2\" or \"cosine\", got \"",
-                    std::string(metric), "\"");
+  TORCH_CHECK(metric == "l2" || metric == "cosine", "patchvq: metric must be \"l2\" or \"cosine\", got \"",
+              std::string(metric), "\"");
   return metric == "cosine";
 }
 
@@ -218,8 +218,9 @@ at::Tensor winner_distance(const at::Tensor& x, const at::Tensor& row_offsets, c
 
 std::tuple<at::Tensor, at::Tensor> nearest_code(const at::Tensor& x, const at::Tensor& codebook,
                                                 c10::string_view metric, bool check_finite, cudaStream_t stream) {
-  TORCH_CHECK_VALUE(x.dim() == 2 && codebook.dim() == 2, "patchvq: x and codebook must be 2-D, got ", x.sizes(),
-                    " and ", codebook.sizes());
+  check_float_matrix(x, "x");
+  check_float_matrix(codebook, "codebook");
+  check_same_device(x, "x", codebook, "codebook");
   TORCH_CHECK_VALUE(codebook.size(0) > 0, "patchvq: codebook is empty (shape ", codebook.sizes(), ")");
   TORCH_CHECK_VALUE(x.size(1) == codebook.size(1), "patchvq: x has D=", x.size(1), " but codebook has D=",
                     codebook.size(1));
