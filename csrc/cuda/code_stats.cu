@@ -5,6 +5,7 @@
 #include "common.cuh"
 #include "launchers.h"
 
+#include <algorithm>
 
 namespace patchvq::cuda {
 namespace {
@@ -16,14 +17,16 @@ __global__ void __launch_bounds__(kThreads) code_stats_kernel(const scalar_t* __
                                                               int64_t stride_xd, const int64_t* __restrict__ index,
                                                               int64_t n, int64_t d, acc_t* __restrict__ count,
                                                               acc_t* __restrict__ sum) {
-  const int64_t total = n * d;
+  // One slot per row even for D = 0, where the rows are still counted.
+  const int64_t slots = d > 0 ? d : 1;
+  const int64_t total = n * slots;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t row = e / d;
-    const int64_t dim = e % d;
+    const int64_t row = e / slots;
+    const int64_t dim = e % slots;
     const int64_t code = index[row];
     if (code < 0) continue;
-    atomicAdd(sum + code * d + dim, static_cast<acc_t>(x[row * stride_xn + dim * stride_xd]));
+    if (dim < d) atomicAdd(sum + code * d + dim, static_cast<acc_t>(x[row * stride_xn + dim * stride_xd]));
     if (dim == 0) atomicAdd(count + code, acc_t(1));
   }
 }
@@ -43,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor> code_stats(const at::Tensor& x, const at::Ten
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor count = at::zeros({num_codes}, x.options().dtype(acc));
   at::Tensor sum = at::zeros({num_codes, x.size(1)}, x.options().dtype(acc));
-  const int64_t total = x.size(0) * x.size(1);
+  const int64_t total = x.size(0) * std::max<int64_t>(x.size(1), 1);
   if (total == 0) return {count, sum};
   const at::Tensor idx = index.contiguous();
   const unsigned int blocks = std::min<unsigned int>(blocks_for(total, kThreads), 65535u * 8u);
