@@ -139,6 +139,9 @@ def test_code_stats_edges(gpu_op, device):
     empty_index = torch.empty(0, dtype=torch.int64, device=device)
     count, total = gpu_op("code_stats")(torch.empty(0, 4, device=device), empty_index, 3)
     assert count.tolist() == [0, 0, 0] and total.shape == (3, 4)
+    # D = 0: no sums, but the rows are still counted.
+    count, total = gpu_op("code_stats")(torch.empty(4, 0, device=device), torch.tensor([1, -1, 1, 0], device=device), 3)
+    assert count.tolist() == [1, 2, 0] and total.shape == (3, 0)
     x = torch.randn(8, 30, device=device)[:, ::2]
     index = torch.tensor([0, 2, 2, -1, 1, 0, 2, -5], device=device)
     count, total = gpu_op("code_stats")(x, index, 3)

@@ -5,6 +5,7 @@
 #include "common.cuh"
 #include "launchers.h"
 
+#include <algorithm>
 
 namespace patchvq::cuda {
 namespace {
@@ -16,14 +17,16 @@ __global__ void __launch_bounds__(kThreads) code_stats_kernel(const scalar_t* __
                                                               int64_t stride_xd, const int64_t* __restrict__ index,
                                                               int64_t n, int64_t d, acc_t* __restrict__ count,
                                                               acc_t* __restrict__ sum) {
-  const int64_t total = n * d;
+  // One slot per row even for D = 0, where the rows are still counted.
+  const int64_t slots = d > 0 ? d : 1;
+  const int64_t total = n * slots;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t row = e / d;
-    const int64_t dim = e % d;
+    const int64_t row = e / slots;
+    const int64_t dim = e % slots;
     const int64_t code = index[row];
     if (code < 0) continue;
-    atomicAdd(sum + code * d + dim, static_cast<acc_t>(x[row * stride_xn + dim * stride_xd]));
+    if (dim < d) atomicAdd(sum + code * d + dim, static_cast<acc_t>(x[row * stride_xn + dim * stride_xd]));
     if (dim == 0) atomicAdd(count + code, acc_t(1));
   }
 }
@@ -32,17 +35,18 @@ __global__ void __launch_bounds__(kThreads) code_stats_kernel(const scalar_t* __
 
 std::tuple<at::Tensor, at::Tensor> code_stats(const at::Tensor& x, const at::Tensor& index, int64_t num_codes,
                                               cudaStream_t stream) {
-  TORCH_CHECK_VALUE(x.dim() == 2, "patchvq: x must be 2-D [N, D], got shape ", x.sizes());
-  TORCH_CHECK_VALUE(index.dim() == 1 && index.size(0) == x.size(0) && index.scalar_type() == at::kLong,
-                    "patchvq: index must be int64 [N] with N=", x.size(0), ", got ", index.scalar_type(), " ",
-                    index.sizes());
-  TORCH_CHECK_VALUE(num_codes >= 1, "patchvq: num_codes must be positive, got ", num_codes);
+  check_float_matrix(x, "x");
+  TORCH_CHECK(index.scalar_type() == at::kLong, "patchvq: index must be an int64 tensor, got ", index.scalar_type());
+  TORCH_CHECK(index.dim() == 1 && index.size(0) == x.size(0), "patchvq: index must be [N] with N=", x.size(0), " (x ",
+              x.sizes(), "), got ", index.sizes());
+  check_same_device(index, "index", x, "x");
+  TORCH_CHECK(num_codes >= 1, "patchvq: num_codes must be a positive int, got ", num_codes);
   TORCH_CHECK_VALUE(index.numel() == 0 || index.max().item<int64_t>() < num_codes,
                     "patchvq: index holds values >= num_codes (", num_codes, ")");
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor count = at::zeros({num_codes}, x.options().dtype(acc));
   at::Tensor sum = at::zeros({num_codes, x.size(1)}, x.options().dtype(acc));
-  const int64_t total = x.size(0) * x.size(1);
+  const int64_t total = x.size(0) * std::max<int64_t>(x.size(1), 1);
   if (total == 0) return {count, sum};
   const at::Tensor idx = index.contiguous();
   const unsigned int blocks = std::min<unsigned int>(blocks_for(total, kThreads), 65535u * 8u);

@@ -34,6 +34,20 @@ __device__ __forceinline__ int64_t row_start(const int64_t* row_offsets, int64_t
   return row_offsets != nullptr ? row_offsets[row] : row * stride_xn;
 }
 
+// The errors the CPU kernels raise for these (RuntimeError naming the argument).
+inline void check_float_matrix(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2, "patchvq: ", name, " must be 2-D [rows, D], got shape ", t.sizes());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "patchvq: ", name, " must be a floating tensor, got ",
+              t.scalar_type());
+}
+
+// A kernel handed a pointer to another device's (or the host's) memory faults and poisons the
+// context; the dispatcher picks these kernels as soon as one argument is a CUDA tensor.
+inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& other, const char* other_name) {
+  TORCH_CHECK(t.device() == other.device(), "patchvq: tensors must be on one device, got ", name, " on ", t.device(),
+              ", ", other_name, " on ", other.device());
+}
+
 // Raise ValueError-like errors as the reference does: NaN or Inf in an input is an error.
 inline void check_all_finite(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.numel() == 0 || at::isfinite(t).all().item<bool>(), "patchvq: ", name,

@@ -157,15 +157,17 @@ int64_t row_count(const at::Tensor& x, const at::Tensor& row_offsets) {
 }  // namespace
 
 bool parse_cosine(c10::string_view metric) {
-  TORCH_CHECK_VALUE(metric == "l2" || metric == "cosine", "patchvq: metric must be \"l2\" or \"cosine\", got \"",
-                    std::string(metric), "\"");
+  TORCH_CHECK(metric == "l2" || metric == "cosine", "patchvq: metric must be \"l2\" or \"cosine\", got \"",
+              std::string(metric), "\"");
   return metric == "cosine";
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> search_inputs(const at::Tensor& x, const at::Tensor& codebook,
                                                              bool cosine, int64_t feature_dim) {
-  const auto dtype = c10::promoteTypes(x.scalar_type(), codebook.scalar_type());
-  const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  // The reference searches in x's accumulation type: a float64 codebook with float32 (or half)
+  // x is rounded to float32, not x widened, so distances keep x's dtype as the fake kernel says.
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto dtype = x.scalar_type() == codebook.scalar_type() ? x.scalar_type() : acc;
   at::Tensor xs = x.to(dtype);
   at::Tensor cb = codebook.to(dtype);
   if (cosine) {
@@ -216,8 +218,9 @@ at::Tensor winner_distance(const at::Tensor& x, const at::Tensor& row_offsets, c
 
 std::tuple<at::Tensor, at::Tensor> nearest_code(const at::Tensor& x, const at::Tensor& codebook,
                                                 c10::string_view metric, bool check_finite, cudaStream_t stream) {
-  TORCH_CHECK_VALUE(x.dim() == 2 && codebook.dim() == 2, "patchvq: x and codebook must be 2-D, got ", x.sizes(),
-                    " and ", codebook.sizes());
+  check_float_matrix(x, "x");
+  check_float_matrix(codebook, "codebook");
+  check_same_device(x, "x", codebook, "codebook");
   TORCH_CHECK_VALUE(codebook.size(0) > 0, "patchvq: codebook is empty (shape ", codebook.sizes(), ")");
   TORCH_CHECK_VALUE(x.size(1) == codebook.size(1), "patchvq: x has D=", x.size(1), " but codebook has D=",
                     codebook.size(1));

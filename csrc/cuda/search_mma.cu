@@ -103,6 +103,9 @@ __global__ void __launch_bounds__(kThreads) search_mma_kernel(
         best_index = code;
       }
     }
+    // The next block's store_matrix_sync overwrites dots; with D = 0 no barrier of the depth
+    // loop stands between it and these reads.
+    __syncthreads();
   }
   const float other = __shfl_xor_sync(0xffffffffu, best, 1);
   const int64_t other_index = __shfl_xor_sync(0xffffffffu, best_index, 1);
@@ -124,14 +127,25 @@ bool search_on_tensor_cores(const at::Tensor& x, const at::Tensor& row_offsets, 
   if (major < 8) return false;
   const int64_t n = index.size(0);
   const int64_t* offsets = row_offsets.defined() ? row_offsets.data_ptr<int64_t>() : nullptr;
+  bool launched = false;
   AT_DISPATCH_REDUCED_FLOATING_TYPES(dtype, "patchvq_search_mma", [&] {
+    // The body is compiled only for compute_80 and up: a build whose code for this GPU is JIT-compiled
+    // from older PTX (TORCH_CUDA_ARCH_LIST="7.5+PTX" on an A100, say) holds an empty kernel that
+    // would leave index unwritten. Such builds take the FMA kernel.
+    cudaFuncAttributes attributes{};
+    if (cudaFuncGetAttributes(&attributes, search_mma_kernel<scalar_t>) != cudaSuccess) {
+      (void)cudaGetLastError();  // not sticky; the FMA kernel's launch reports a real problem
+      return;
+    }
+    if (attributes.ptxVersion < 80) return;
     search_mma_kernel<scalar_t><<<blocks_for(n, kRows), kThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), offsets, x.stride(0), x.stride(1), codebook.data_ptr<scalar_t>(), codebook.stride(0),
         codebook.stride(1), code_norms.data_ptr<float>(), n, codebook.size(0), codebook.size(1),
         index.data_ptr<int64_t>());
     check_launch("search_mma_kernel");
+    launched = true;
   });
-  return true;
+  return launched;
 }
 
 }  // namespace patchvq::cuda
