@@ -151,6 +151,26 @@ def test_float64_is_searched_in_float64(kernel_backend, device):
         assert_nearest(index, distance, x, codebook, metric, dtype=torch.float64)
 
 
+@pytest.mark.parametrize(
+    ("x_dtype", "codebook_dtype", "searched"),
+    [
+        (torch.float32, torch.float64, torch.float32),
+        (torch.float64, torch.float32, torch.float64),
+        (torch.bfloat16, torch.float32, torch.float32),
+        (torch.float32, torch.float16, torch.float32),
+    ],
+)
+def test_mixed_dtypes_are_searched_in_the_accumulation_dtype_of_x(
+    kernel_backend, device, x_dtype, codebook_dtype, searched
+):
+    x, codebook = random_case(70, 29, 12, 1.0, 6, device)
+    x, codebook = x.to(x_dtype), codebook.to(codebook_dtype)
+    for metric in METRICS:
+        index, distance = patchvq.nearest_code(x, codebook, metric)
+        assert distance.dtype == searched
+        assert_nearest(index, distance, x.to(searched), codebook.to(searched), metric, dtype=searched)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_search_the_rounded_values(kernel_backend, device, dtype):
     x, codebook = random_case(60, 33, 16, 1.0, 5, device)

@@ -39,9 +39,10 @@ def _search_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, codebook, ||e||^2) as the kernels take them: one dtype, rows normalised along
     x's `feature_dim` (and the codebook's rows) for cosine, where every ||e||^2 counts as 1;
-    ||e||^2 in the accumulation dtype."""
-    dtype = torch.promote_types(x.dtype, codebook.dtype)
-    acc = accumulate_dtype(dtype)
+    ||e||^2 in the accumulation dtype. Inputs of one dtype are searched in it; mixed ones in x's
+    accumulation dtype, as the reference does (a float64 codebook meets float32 x as float32)."""
+    acc = accumulate_dtype(x.dtype)
+    dtype = x.dtype if codebook.dtype == x.dtype else acc
     x, codebook = x.to(dtype), codebook.to(dtype)
     if metric == "cosine":
         x = normalize(x.to(acc).movedim(feature_dim, -1)).movedim(-1, feature_dim)
