@@ -9,10 +9,21 @@ def code_stats(x: torch.Tensor, index: torch.Tensor, num_codes: int) -> tuple[to
     """(count float[K], sum float[K, D]) of the rows of x[N, D] assigned to each code by index int64[N].
 
     A negative index leaves its row out (masked positions). Outputs are float32 (float64 for
-    float64 x). No gradient flows through the statistics.
+    float64 x). No gradient flows through the statistics. The GPU kernels add with atomics, so
+    their sums agree with the reference to rounding and may differ in the last bits from run to
+    run; under `torch.use_deterministic_algorithms(True)` GPU tensors take the reference instead
+    (torch's deterministic index_add_), bit-reproducible.
     """
     validate.code_stats(x, index, num_codes)
+    if needs_reproducible_sums(x.device):
+        return backend.reference("code_stats")(x, index, num_codes)
     return backend.implementation("code_stats", x.device)(x, index, num_codes)
+
+
+def needs_reproducible_sums(device: torch.device) -> bool:
+    """True where the fast kernels' sums are not reproducible (GPUs: atomics) and torch has been
+    asked for deterministic algorithms."""
+    return device.type != "cpu" and torch.are_deterministic_algorithms_enabled()
 
 
 def fake(x, index, num_codes):
