@@ -221,3 +221,24 @@ def test_patch_assign_backward_matches_reference(gpu_op, device, dtype):
         assert got.dtype == dtype and got.shape == ref.shape
         tol = 16 * torch.finfo(dtype).eps * float(grad.double().abs().max())
         assert torch.allclose(got.cpu().double(), ref.double(), rtol=0, atol=tol)
+
+
+# ---- devices ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_ops_run_on_the_device_of_their_tensors_not_the_current_one(gpu_op):
+    g = torch.Generator().manual_seed(5)
+    x, cb = torch.randn(300, 24, generator=g), torch.randn(70, 24, generator=g)
+    levels = [torch.randn(2, 24, 8, 8, generator=g), torch.randn(2, 24, 4, 4, generator=g)]
+    choice = torch.randint(0, 2, (2, 4, 4), generator=g)
+    with torch.cuda.device(0):
+        on_other = torch.device("cuda", 1)
+        index, _ = gpu_op("nearest_code")(x.to(on_other), cb.to(on_other), "l2", True)
+        count, _ = gpu_op("code_stats")(x.to(on_other), index, 70)
+        z_q, _, _ = gpu_op("patch_assign")([v.to(on_other) for v in levels], choice.to(on_other), cb.to(on_other),
+                                           "l2", True)
+    assert index.device == count.device == z_q.device == on_other
+    assert torch.equal(index.cpu(), reference.nearest_code(x, cb)[0])
+    assert torch.equal(count.cpu(), reference.code_stats(x, index.cpu(), 70)[0])
+    torch.testing.assert_close(z_q.cpu(), reference.patch_assign(levels, choice, cb)[0])

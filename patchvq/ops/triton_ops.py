@@ -56,13 +56,14 @@ def _search_inputs(
 def nearest_code(
     x: torch.Tensor, codebook: torch.Tensor, metric: str = "l2", check_finite: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """patchvq::nearest_code on the Triton search kernel."""
+    """patchvq::nearest_code on the Triton search kernel (launched on x's device, not the current one)."""
     if check_finite:
         check_finite_values(x, "x")
         check_finite_values(codebook, "codebook")
     xs, cb, norms = _search_inputs(x, codebook, metric)
-    index = search_kernel.search(xs, cb, norms)
-    return index, search_kernel.winner_distance(xs, cb, index, metric == "cosine")
+    with torch.cuda.device_of(x):
+        index = search_kernel.search(xs, cb, norms)
+        return index, search_kernel.winner_distance(xs, cb, index, metric == "cosine")
 
 
 @torch.library.custom_op(f"{NAMESPACE}::code_stats", mutates_args=())
@@ -70,7 +71,8 @@ def code_stats(x: torch.Tensor, index: torch.Tensor, num_codes: int) -> tuple[to
     """patchvq::code_stats on the Triton atomic-add kernel."""
     if index.numel() and int(index.max()) >= num_codes:
         raise ValueError(f"patchvq: index holds values >= num_codes ({num_codes})")
-    return code_stats_kernel.code_stats(x, index, num_codes)
+    with torch.cuda.device_of(x):
+        return code_stats_kernel.code_stats(x, index, num_codes)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::patch_assign", mutates_args=())
@@ -79,6 +81,13 @@ def patch_assign(
     check_finite: bool = True,
 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     """patchvq::patch_assign: each level's chosen vectors searched in place, then painted on the finest grid."""
+    with torch.cuda.device_of(levels[0]):
+        return _patch_assign(levels, choice, codebook, metric, check_finite)
+
+
+def _patch_assign(
+    levels: list[torch.Tensor], choice: torch.Tensor, codebook: torch.Tensor, metric: str, check_finite: bool
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     factors = level_factors(levels)
     fine = levels[0]
     batch, dim, height, width = fine.shape
@@ -114,7 +123,8 @@ def patch_assign(
 @torch.library.custom_op(f"{NAMESPACE}::patch_assign_backward", mutates_args=())
 def patch_assign_backward(grad_z_q: torch.Tensor, choice: torch.Tensor, factors: list[int]) -> list[torch.Tensor]:
     """patchvq::patch_assign_backward on one summing kernel per level."""
-    return patch_kernel.patch_assign_backward(grad_z_q.contiguous(), choice.contiguous(), list(factors))
+    with torch.cuda.device_of(grad_z_q):
+        return patch_kernel.patch_assign_backward(grad_z_q.contiguous(), choice.contiguous(), list(factors))
 
 
 nearest_code.register_fake(nearest_code_op.fake)
