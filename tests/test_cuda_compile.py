@@ -34,10 +34,11 @@ pytestmark = pytest.mark.skipif(
 
 def nvcc_command(source: Path, output: Path, mode: str) -> list[str]:
     """The nvcc line of an extension build (torch's own nvcc flags, ours, both architectures);
-    mode "--fatbin" builds the device code only, "-c" the whole object."""
+    mode "--fatbin" builds the device code only, "-c" the whole object. ptxas reports each
+    kernel's registers and spills (-v)."""
     includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sources.csrc_dir()}"]
     return [
-        NVCC, mode, str(source), "-o", str(output), "-std=c++20", "-Xcompiler", "-fPIC",
+        NVCC, mode, str(source), "-o", str(output), "-std=c++20", "-Xcompiler", "-fPIC", "-Xptxas=-v",
         *cpp_extension.COMMON_NVCC_FLAGS, *sources.cuda_cflags(), *sources.cuda_arch_flags(), *includes,
     ]
 
@@ -95,6 +96,25 @@ def test_every_op_has_a_cuda_kernel_file():
 @pytest.mark.parametrize("name", KERNELS)
 def test_kernel_compiles_for_sm80_and_sm90(device_code, name):
     assert_compiled(name, device_code[name])
+
+
+def kernel_resources(log: str) -> list[dict]:
+    """Per kernel and architecture, from ptxas -v: registers, stack frame and spill bytes."""
+    found = []
+    pattern = (r"Compiling entry function '(\S+)' for '(sm_\d+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores, "
+               r"(\d+) bytes spill loads.*?Used (\d+) registers")
+    for name, arch, stack, stores, loads, registers in re.findall(pattern, log, flags=re.S):
+        found.append({"kernel": name, "arch": arch, "stack": int(stack), "spill_stores": int(stores),
+                      "spill_loads": int(loads), "registers": int(registers)})
+    return found
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_kernels_do_not_spill_registers(device_code, name):
+    resources = kernel_resources(device_code[name][1])
+    assert {r["arch"] for r in resources} == {"sm_80", "sm_90"}, device_code[name][1][-4000:]
+    spilled = [r for r in resources if r["spill_stores"] or r["spill_loads"]]
+    assert not spilled, spilled
 
 
 @pytest.mark.slow
