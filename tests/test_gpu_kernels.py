@@ -199,6 +199,21 @@ def test_patch_assign_level_never_chosen_and_half_levels(gpu_op, device):
     assert torch.allclose(distance.cpu(), ref_distance, rtol=1e-5)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_patch_assign_vectors_of_width_zero_still_get_distances(gpu_op, device, metric):
+    levels = [torch.empty(2, 0, 4, 4), torch.empty(2, 0, 2, 2)]
+    choice = torch.tensor([[[0, 1], [1, 0]], [[1, 1], [0, 0]]])
+    cb = torch.empty(3, 0)
+    z_q, indices, distance = gpu_op("patch_assign")([v.to(device) for v in levels], choice.to(device), cb.to(device),
+                                                    metric, True)
+    ref_z, ref_indices, ref_distance = reference.patch_assign(levels, choice, cb, metric)
+    assert z_q.shape == ref_z.shape == (2, 0, 4, 4)
+    for got, want in zip(indices, ref_indices):
+        assert torch.equal(got.cpu(), want)
+    assert torch.equal(distance.cpu(), ref_distance)
+    assert bool((ref_distance == (1.0 if metric == "cosine" else 0.0)).all())
+
+
 def test_patch_assign_nan_only_matters_at_chosen_cells(gpu_op, device):
     levels = [torch.randn(1, 3, 4, 4, device=device), torch.randn(1, 3, 2, 2, device=device)]
     choice = torch.tensor([[[0, 0], [1, 1]]], device=device)

@@ -3,6 +3,8 @@
 // then one kernel paints every fine cell whose patch chose that level with its code and
 // distance. Backward, per level: one kernel sums grad_z_q over the f x f fine cells each
 // chosen vector covers (zero for vectors not chosen).
+#include <algorithm>
+
 #include "common.cuh"
 #include "launchers.h"
 
@@ -19,7 +21,8 @@ struct Grid {
   int64_t level, factor, patch;          // level number, its stride and the patch side, in fine cells
 };
 
-// One thread per (b, d, y, x) element of z_q; dim 0 also writes the distance.
+// One thread per (b, d, y, x) element of z_q; dim 0 also writes the distance. Vectors of width 0
+// still have distances (1 under cosine), so then one thread per cell writes just those.
 template <typename out_t, typename code_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) paint_kernel(out_t* __restrict__ z_q, acc_t* __restrict__ distance,
                                                          const int64_t* __restrict__ choice,
@@ -28,19 +31,22 @@ __global__ void __launch_bounds__(kThreads) paint_kernel(out_t* __restrict__ z_q
                                                          const code_t* __restrict__ codebook, int64_t stride_ck,
                                                          int64_t stride_cd, Grid g) {
   const int64_t plane = g.height * g.width;
-  const int64_t total = g.batch * g.dim * plane;
+  const int64_t dims = g.dim > 0 ? g.dim : 1;
+  const int64_t total = g.batch * dims * plane;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * kThreads) {
     const int64_t cell = e % plane;
     const int64_t bd = e / plane;
-    const int64_t b = bd / g.dim;
-    const int64_t d = bd % g.dim;
+    const int64_t b = bd / dims;
+    const int64_t d = bd % dims;
     const int64_t y = cell / g.width;
     const int64_t x = cell % g.width;
     if (choice[(b * g.coarse_h + y / g.patch) * g.coarse_w + x / g.patch] != g.level) continue;
     const int64_t level_cell = (b * g.level_h + y / g.factor) * g.level_w + x / g.factor;
-    const int64_t code = index[level_cell];
-    z_q[e] = static_cast<out_t>(static_cast<acc_t>(codebook[code * stride_ck + d * stride_cd]));
+    if (g.dim > 0) {
+      const int64_t code = index[level_cell];
+      z_q[e] = static_cast<out_t>(static_cast<acc_t>(codebook[code * stride_ck + d * stride_cd]));
+    }
     if (d == 0) distance[b * plane + cell] = level_distance[level_cell];
   }
 }
@@ -170,12 +176,13 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign(at::Ten
     }
     const Grid g{fine.size(0), fine.size(1), fine.size(2), fine.size(3), features.size(2), features.size(3),
                  choice.size(1), choice.size(2), static_cast<int64_t>(level), factor, patch};
-    if (z_q.numel() > 0) {
+    const int64_t paint_threads = distance.numel() * std::max<int64_t>(fine.size(1), 1);
+    if (paint_threads > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z_q.scalar_type(), "patchvq_paint", [&] {
         using out_t = scalar_t;
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, codebook.scalar_type(), "patchvq_paint_codes", [&] {
           using acc_t = acc_type<out_t>;
-          paint_kernel<out_t, scalar_t, acc_t><<<grid_blocks(z_q.numel()), kThreads, 0, stream>>>(
+          paint_kernel<out_t, scalar_t, acc_t><<<grid_blocks(paint_threads), kThreads, 0, stream>>>(
               z_q.data_ptr<out_t>(), distance.data_ptr<acc_t>(), choice.data_ptr<int64_t>(),
               index.data_ptr<int64_t>(), level_distance.data_ptr<acc_t>(), codebook.data_ptr<scalar_t>(),
               codebook.stride(0), codebook.stride(1), g);
