@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "argument_checks.h"
+
 #include <atomic>
 #include <cmath>
 #include <string>
@@ -28,12 +30,6 @@ bool all_finite(const scalar_t* data, int64_t n) {
     if (!local) ok.store(false, std::memory_order_relaxed);
   });
   return ok.load();
-}
-
-inline void check_float_matrix(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 2, "patchvq: ", name, " must be 2-D [rows, D], got shape ", t.sizes());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "patchvq: ", name, " must be a floating tensor, got ",
-              t.scalar_type());
 }
 
 template <typename scalar_t>

@@ -52,11 +52,7 @@ void accumulate(const in_t* x, const int64_t* index, int64_t n, int64_t d, int64
 }
 
 std::tuple<at::Tensor, at::Tensor> code_stats_cpu(const at::Tensor& x, const at::Tensor& index, int64_t num_codes) {
-  check_float_matrix(x, "x");
-  TORCH_CHECK(index.scalar_type() == at::kLong, "patchvq: index must be an int64 tensor, got ", index.scalar_type());
-  TORCH_CHECK(index.dim() == 1 && index.size(0) == x.size(0), "patchvq: index must be [N] with N=", x.size(0),
-              " (x ", x.sizes(), "), got ", index.sizes());
-  TORCH_CHECK(num_codes >= 1, "patchvq: num_codes must be a positive int, got ", num_codes);
+  check_code_stats_arguments(x, index, num_codes);
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor count = at::zeros({num_codes}, x.options().dtype(acc));
   at::Tensor sum = at::zeros({num_codes, x.size(1)}, x.options().dtype(acc));

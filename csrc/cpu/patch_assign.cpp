@@ -18,46 +18,10 @@
 namespace patchvq::cpu {
 namespace {
 
-// Stride of each level relative to the finest, checked to be ascending powers of two that
-// divide the finest grid; the messages name the level and the shapes.
-std::vector<int64_t> level_factors(const at::TensorList levels) {
-  TORCH_CHECK(!levels.empty(), "patchvq: levels must be a non-empty list of [B, D, H_l, W_l] tensors");
-  const at::Tensor& fine = levels[0];
-  std::vector<int64_t> factors;
-  for (size_t l = 0; l < levels.size(); ++l) {
-    const at::Tensor& lv = levels[l];
-    TORCH_CHECK(lv.dim() == 4, "patchvq: levels[", l, "] must be 4-D [B, D, H, W], got shape ", lv.sizes());
-    TORCH_CHECK(at::isFloatingType(lv.scalar_type()), "patchvq: levels[", l, "] must be floating, got ",
-                lv.scalar_type());
-    TORCH_CHECK(lv.scalar_type() == fine.scalar_type(), "patchvq: levels[", l, "] has dtype ", lv.scalar_type(),
-                " but levels[0] has ", fine.scalar_type());
-    TORCH_CHECK(lv.size(0) == fine.size(0) && lv.size(1) == fine.size(1), "patchvq: levels[", l,
-                "] has shape ", lv.sizes(), " but levels[0] has ", fine.sizes(), " (B and D must match)");
-    const int64_t h = lv.size(2), w = lv.size(3);
-    TORCH_CHECK(h > 0 && w > 0 && fine.size(2) % h == 0 && fine.size(3) % w == 0 &&
-                    fine.size(2) / h == fine.size(3) / w,
-                "patchvq: levels[", l, "] grid ", h, "x", w, " does not divide the finest grid ", fine.size(2), "x",
-                fine.size(3), " evenly");
-    const int64_t factor = fine.size(2) / h;
-    TORCH_CHECK((factor & (factor - 1)) == 0, "patchvq: levels[", l, "] stride is ", factor,
-                "x the finest, not a power of two");
-    TORCH_CHECK(factors.empty() || factor > factors.back(), "patchvq: levels must be ordered finest first; levels[",
-                l, "] is not coarser than levels[", l - 1, "]");
-    factors.push_back(factor);
-  }
-  return factors;
-}
-
 // choice as contiguous int64 of shape [B, Hc, Wc], every value a level index in [0, num_levels).
 at::Tensor checked_choice(const at::Tensor& choice, int64_t batch, int64_t coarse_h, int64_t coarse_w,
-                          int64_t num_levels) {
-  TORCH_CHECK(at::isIntegralType(choice.scalar_type(), /*includeBool=*/false),
-              "patchvq: choice must be an integer tensor, got ", choice.scalar_type());
-  TORCH_CHECK(choice.dim() == 3 && choice.size(0) == batch && choice.size(1) == coarse_h &&
-                  choice.size(2) == coarse_w,
-              "patchvq: choice must be [B, Hc, Wc] = [", batch, ", ", coarse_h, ", ", coarse_w, "], got ",
-              choice.sizes());
-  at::Tensor c = choice.to(at::kLong).contiguous();
+                          int64_t num_levels, const at::Tensor& on, const char* on_name) {
+  at::Tensor c = choice_as_long(choice, batch, coarse_h, coarse_w, on, on_name);
   const int64_t* p = c.data_ptr<int64_t>();
   for (int64_t i = 0; i < c.numel(); ++i)
     TORCH_CHECK_VALUE(p[i] >= 0 && p[i] < num_levels, "patchvq: choice holds level ", p[i], " at flat position ", i,
@@ -189,12 +153,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign_cpu(con
   const at::Tensor& fine = levels[0];
   const int64_t batch = fine.size(0), dim = fine.size(1), fine_h = fine.size(2), fine_w = fine.size(3);
   const int64_t num_levels = static_cast<int64_t>(levels.size());
-  check_float_matrix(codebook, "codebook");
-  TORCH_CHECK(codebook.size(0) > 0, "patchvq: codebook is empty (shape ", codebook.sizes(), ")");
-  TORCH_CHECK(codebook.size(1) == dim, "patchvq: levels have D=", dim, " but codebook has D=", codebook.size(1));
+  check_codebook(codebook, dim, fine, "levels");
   const Metric which = parse_metric(metric);
   const int64_t coarse = factors.back();
-  const at::Tensor picks = checked_choice(choice, batch, fine_h / coarse, fine_w / coarse, num_levels);
+  const at::Tensor picks = checked_choice(choice, batch, fine_h / coarse, fine_w / coarse, num_levels, fine, "levels");
   const auto acc = fine.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto options = fine.options().dtype(acc).memory_format(at::MemoryFormat::Contiguous);
   const at::Tensor cb = codebook.to(acc).contiguous();
@@ -264,21 +226,12 @@ void sum_covered(const scalar_t* grad, const int64_t* choice, const std::vector<
 
 std::vector<at::Tensor> patch_assign_backward_cpu(const at::Tensor& grad_z_q, const at::Tensor& choice,
                                                   c10::IntArrayRef factors) {
-  TORCH_CHECK(grad_z_q.dim() == 4, "patchvq: grad_z_q must be 4-D [B, D, H, W], got shape ", grad_z_q.sizes());
-  TORCH_CHECK(at::isFloatingType(grad_z_q.scalar_type()), "patchvq: grad_z_q must be floating, got ",
-              grad_z_q.scalar_type());
-  TORCH_CHECK(!factors.empty(), "patchvq: factors must name at least one level");
+  check_backward_arguments(grad_z_q, factors);
   const int64_t batch = grad_z_q.size(0), dim = grad_z_q.size(1), fine_h = grad_z_q.size(2),
                 fine_w = grad_z_q.size(3);
-  std::vector<int64_t> fs(factors.begin(), factors.end());
-  for (size_t l = 0; l < fs.size(); ++l) {
-    TORCH_CHECK(fs[l] > 0 && (fs[l] & (fs[l] - 1)) == 0 && (l == 0 || fs[l] > fs[l - 1]),
-                "patchvq: factors must be ascending powers of two, got ", factors);
-    TORCH_CHECK(fine_h % fs[l] == 0 && fine_w % fs[l] == 0, "patchvq: factor ", fs[l],
-                " does not divide the grid of grad_z_q ", grad_z_q.sizes());
-  }
-  const at::Tensor picks =
-      checked_choice(choice, batch, fine_h / fs.back(), fine_w / fs.back(), static_cast<int64_t>(fs.size()));
+  const std::vector<int64_t> fs(factors.begin(), factors.end());
+  const at::Tensor picks = checked_choice(choice, batch, fine_h / fs.back(), fine_w / fs.back(),
+                                          static_cast<int64_t>(fs.size()), grad_z_q, "grad_z_q");
   const auto acc = grad_z_q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor grad = grad_z_q.to(acc).contiguous();
   std::vector<at::Tensor> outputs;

@@ -35,12 +35,7 @@ __global__ void __launch_bounds__(kThreads) code_stats_kernel(const scalar_t* __
 
 std::tuple<at::Tensor, at::Tensor> code_stats(const at::Tensor& x, const at::Tensor& index, int64_t num_codes,
                                               cudaStream_t stream) {
-  check_float_matrix(x, "x");
-  TORCH_CHECK(index.scalar_type() == at::kLong, "patchvq: index must be an int64 tensor, got ", index.scalar_type());
-  TORCH_CHECK(index.dim() == 1 && index.size(0) == x.size(0), "patchvq: index must be [N] with N=", x.size(0), " (x ",
-              x.sizes(), "), got ", index.sizes());
-  check_same_device(index, "index", x, "x");
-  TORCH_CHECK(num_codes >= 1, "patchvq: num_codes must be a positive int, got ", num_codes);
+  check_code_stats_arguments(x, index, num_codes);
   TORCH_CHECK_VALUE(index.numel() == 0 || index.max().item<int64_t>() < num_codes,
                     "patchvq: index holds values >= num_codes (", num_codes, ")");
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

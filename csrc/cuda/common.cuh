@@ -14,6 +14,8 @@
 #include <ATen/ops/zeros.h>
 #include <cuda_runtime.h>
 
+#include "argument_checks.h"
+
 namespace patchvq::cuda {
 
 // float for float, half and bfloat16 inputs; double for double.
@@ -32,20 +34,6 @@ inline unsigned int blocks_for(int64_t items, int64_t per_block) {
 // Where row `row` of x starts: its entry in an offset table (gathered rows), else row * stride.
 __device__ __forceinline__ int64_t row_start(const int64_t* row_offsets, int64_t row, int64_t stride_xn) {
   return row_offsets != nullptr ? row_offsets[row] : row * stride_xn;
-}
-
-// The errors the CPU kernels raise for these (RuntimeError naming the argument).
-inline void check_float_matrix(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 2, "patchvq: ", name, " must be 2-D [rows, D], got shape ", t.sizes());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "patchvq: ", name, " must be a floating tensor, got ",
-              t.scalar_type());
-}
-
-// A kernel handed a pointer to another device's (or the host's) memory faults and poisons the
-// context; the dispatcher picks these kernels as soon as one argument is a CUDA tensor.
-inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& other, const char* other_name) {
-  TORCH_CHECK(t.device() == other.device(), "patchvq: tensors must be on one device, got ", name, " on ", t.device(),
-              ", ", other_name, " on ", other.device());
 }
 
 // Raise ValueError-like errors as the reference does: NaN or Inf in an input is an error.

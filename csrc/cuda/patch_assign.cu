@@ -83,47 +83,6 @@ at::Tensor chosen_cells(const at::Tensor& choice, int64_t level, int64_t cells_p
   return choice.eq(level).repeat_interleave(cells_per_patch, 1).repeat_interleave(cells_per_patch, 2);
 }
 
-// Stride of each level relative to the finest, checked as the CPU kernel checks it (ascending
-// powers of two that divide the finest grid; same B, D and dtype): the grid arithmetic of the
-// kernels relies on it, and the op can be called without the Python checks.
-std::vector<int64_t> level_factors(at::TensorList levels) {
-  TORCH_CHECK(!levels.empty(), "patchvq: levels must be a non-empty list of [B, D, H_l, W_l] tensors");
-  const at::Tensor& fine = levels[0];
-  std::vector<int64_t> factors;
-  for (size_t l = 0; l < levels.size(); ++l) {
-    const at::Tensor& lv = levels[l];
-    TORCH_CHECK(lv.dim() == 4, "patchvq: levels[", l, "] must be 4-D [B, D, H, W], got shape ", lv.sizes());
-    TORCH_CHECK(at::isFloatingType(lv.scalar_type()), "patchvq: levels[", l, "] must be floating, got ",
-                lv.scalar_type());
-    check_same_device(lv, "a level", fine, "levels[0]");
-    TORCH_CHECK(lv.scalar_type() == fine.scalar_type(), "patchvq: levels[", l, "] has dtype ", lv.scalar_type(),
-                " but levels[0] has ", fine.scalar_type());
-    TORCH_CHECK(lv.size(0) == fine.size(0) && lv.size(1) == fine.size(1), "patchvq: levels[", l, "] has shape ",
-                lv.sizes(), " but levels[0] has ", fine.sizes(), " (B and D must match)");
-    const int64_t h = lv.size(2), w = lv.size(3);
-    TORCH_CHECK(h > 0 && w > 0 && fine.size(2) % h == 0 && fine.size(3) % w == 0 && fine.size(2) / h == fine.size(3) / w,
-                "patchvq: levels[", l, "] grid ", h, "x", w, " does not divide the finest grid ", fine.size(2), "x",
-                fine.size(3), " evenly");
-    const int64_t factor = fine.size(2) / h;
-    TORCH_CHECK((factor & (factor - 1)) == 0, "patchvq: levels[", l, "] stride is ", factor,
-                "x the finest, not a power of two");
-    TORCH_CHECK(factors.empty() || factor > factors.back(), "patchvq: levels must be ordered finest first; levels[",
-                l, "] is not coarser than levels[", l - 1, "]");
-    factors.push_back(factor);
-  }
-  return factors;
-}
-
-// choice as contiguous int64 [B, Hc, Wc] (values are checked by the caller).
-at::Tensor checked_choice(const at::Tensor& choice, int64_t batch, int64_t coarse_h, int64_t coarse_w) {
-  TORCH_CHECK(at::isIntegralType(choice.scalar_type(), /*includeBool=*/false),
-              "patchvq: choice must be an integer tensor, got ", choice.scalar_type());
-  TORCH_CHECK(choice.dim() == 3 && choice.size(0) == batch && choice.size(1) == coarse_h && choice.size(2) == coarse_w,
-              "patchvq: choice must be [B, Hc, Wc] = [", batch, ", ", coarse_h, ", ", coarse_w, "], got ",
-              choice.sizes());
-  return choice.to(at::kLong).contiguous();
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign(at::TensorList levels,
@@ -133,15 +92,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign(at::Ten
                                                                          cudaStream_t stream) {
   const std::vector<int64_t> factors = level_factors(levels);
   const at::Tensor& fine = levels[0];
-  check_float_matrix(codebook, "codebook");
-  check_same_device(fine, "levels", codebook, "codebook");
-  check_same_device(choice_in, "choice", codebook, "codebook");
-  TORCH_CHECK_VALUE(codebook.size(0) > 0, "patchvq: codebook is empty (shape ", codebook.sizes(), ")");
-  TORCH_CHECK(codebook.size(1) == fine.size(1), "patchvq: levels have D=", fine.size(1), " but codebook has D=",
-              codebook.size(1));
+  check_codebook(codebook, fine.size(1), fine, "levels");
   const bool cosine = parse_cosine(metric);
   const int64_t patch = factors.back();
-  const at::Tensor choice = checked_choice(choice_in, fine.size(0), fine.size(2) / patch, fine.size(3) / patch);
+  const at::Tensor choice =
+      choice_as_long(choice_in, fine.size(0), fine.size(2) / patch, fine.size(3) / patch, fine, "levels");
   if (choice.numel() > 0) {
     const auto [low, high] = at::aminmax(choice);
     TORCH_CHECK_VALUE(low.item<int64_t>() >= 0 && high.item<int64_t>() < static_cast<int64_t>(levels.size()),
@@ -197,21 +152,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign(at::Ten
 
 std::vector<at::Tensor> patch_assign_backward(const at::Tensor& grad_in, const at::Tensor& choice_in,
                                               at::IntArrayRef factors, cudaStream_t stream) {
-  TORCH_CHECK(grad_in.dim() == 4, "patchvq: grad_z_q must be 4-D [B, D, H, W], got shape ", grad_in.sizes());
-  TORCH_CHECK(at::isFloatingType(grad_in.scalar_type()), "patchvq: grad_z_q must be floating, got ",
-              grad_in.scalar_type());
-  TORCH_CHECK(!factors.empty(), "patchvq: factors must name at least one level");
-  for (size_t l = 0; l < factors.size(); ++l) {
-    const int64_t f = factors[l];
-    TORCH_CHECK(f > 0 && (f & (f - 1)) == 0 && (l == 0 || f > factors[l - 1]),
-                "patchvq: factors must be ascending powers of two, got ", factors);
-    TORCH_CHECK(grad_in.size(2) % f == 0 && grad_in.size(3) % f == 0, "patchvq: factor ", f,
-                " does not divide the grid of grad_z_q ", grad_in.sizes());
-  }
-  check_same_device(choice_in, "choice", grad_in, "grad_z_q");
+  check_backward_arguments(grad_in, factors);
   const at::Tensor grad = grad_in.contiguous();
-  const at::Tensor choice =
-      checked_choice(choice_in, grad.size(0), grad.size(2) / factors.back(), grad.size(3) / factors.back());
+  const at::Tensor choice = choice_as_long(choice_in, grad.size(0), grad.size(2) / factors.back(),
+                                           grad.size(3) / factors.back(), grad_in, "grad_z_q");
   std::vector<at::Tensor> grads;
   for (size_t level = 0; level < factors.size(); ++level) {
     const int64_t factor = factors[level];
