@@ -103,7 +103,7 @@ def kernel_resources(log: str) -> list[dict]:
     found = []
     pattern = (r"Compiling entry function '(\S+)' for '(sm_\d+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores, "
                r"(\d+) bytes spill loads.*?Used (\d+) registers")
-    for name, arch, stack, stores, loads, registers in re.findall(pattern, log, flags=re.S):
+    for name, arch, stack, stores, loads, registers in re.findall(pattern, log, flags=re.DOTALL):
         found.append({"kernel": name, "arch": arch, "stack": int(stack), "spill_stores": int(stores),
                       "spill_loads": int(loads), "registers": int(registers)})
     return found
