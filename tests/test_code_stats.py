@@ -124,6 +124,21 @@ def test_deterministic_algorithms_make_sums_reproducible(kernel_backend, device)
     _check_against_float64(x.cpu(), index.cpu(), 37, runs[0][0].cpu(), runs[0][1].cpu())
 
 
+def test_reproducible_sums_take_the_reference_unless_a_fast_backend_is_forced(monkeypatch):
+    # The rule as a GPU meets it, on CPU tensors: sums that must be reproducible come from the reference.
+    monkeypatch.setattr(code_stats_op, "needs_reproducible_sums", lambda device: True)
+    x, index = _inputs(500, 7, 9, torch.float32, torch.device("cpu"))
+    calls = []
+    monkeypatch.setattr(backend, "reference", lambda op: lambda *a: calls.append(op) or reference.code_stats(*a))
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    count, total = patchvq.code_stats(x, index, 9)
+    assert calls == ["code_stats"]
+    _check_against_float64(x, index, 9, count, total)
+    monkeypatch.setenv(backend.ENV_VAR, "native")
+    with pytest.raises(RuntimeError, match="not deterministic"):
+        patchvq.code_stats(x, index, 9)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck(kernel_backend, device, dtype):
     if kernel_backend != "native":

@@ -12,10 +12,16 @@ def code_stats(x: torch.Tensor, index: torch.Tensor, num_codes: int) -> tuple[to
     float64 x). No gradient flows through the statistics. The GPU kernels add with atomics, so
     their sums agree with the reference to rounding and may differ in the last bits from run to
     run; under `torch.use_deterministic_algorithms(True)` GPU tensors take the reference instead
-    (torch's deterministic index_add_), bit-reproducible.
+    (torch's deterministic index_add_), bit-reproducible, and a forced fast backend is an error.
     """
     validate.code_stats(x, index, num_codes)
     if needs_reproducible_sums(x.device):
+        if backend.forced() not in (None, "reference"):
+            raise RuntimeError(
+                f"patchvq: code_stats on {x.device.type} with {backend.ENV_VAR}={backend.forced()} adds with "
+                "atomics and is not deterministic, but torch.use_deterministic_algorithms(True) is set; unset "
+                f"{backend.ENV_VAR} (the reference then runs) or allow nondeterministic algorithms"
+            )
         return backend.reference("code_stats")(x, index, num_codes)
     return backend.implementation("code_stats", x.device)(x, index, num_codes)
 
