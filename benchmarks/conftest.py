@@ -6,10 +6,13 @@ PATCHVQ_BENCH_THREADS sets the thread count (default 2) used by torch, OpenMP an
 
 import os
 
-# faiss's bundled OpenBLAS does not recognise some CPUs (e.g. AMD Zen 4) and falls back to
-# generic kernels; it reads OPENBLAS_CORETYPE once, when it loads, so set it before faiss is
-# imported anywhere. SkylakeX kernels give the same results 2-4x faster on AVX-512 CPUs.
-os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+from blas_kernels import configure  # noqa: E402
+
+# Before faiss is imported anywhere: its OpenBLAS reads the setting once, when it loads.
+configure(os.environ)
 
 import time
 from pathlib import Path

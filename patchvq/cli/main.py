@@ -1,0 +1,100 @@
+"""`patchvq` command line: train, test, predict, demo, info.
+
+Every failure the user can cause (a bad path, option, config or a corrupt file) ends in one
+line on stderr, `patchvq: error: ...`, and exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from patchvq.models.config import BACKBONES, MODELS
+
+FORMATS = ("auto", "mvtec", "btad", "mtsd", "folder")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="patchvq", description="Unsupervised visual defect detection with patch-aware VQ (PVQAE).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a detector on the good training images of a dataset")
+    train.add_argument("data", help="dataset folder (MVTec AD category, BTAD product, MTSD, or a plain folder)")
+    train.add_argument("--out", required=True, help="run folder to create (must not hold a run unless --resume)")
+    train.add_argument("--format", choices=FORMATS, default="auto", help="dataset layout (default: recognise it)")
+    train.add_argument("--model", choices=MODELS, help="pvqae (default), or a baseline: vqvae, ae, knn")
+    train.add_argument("--backbone", choices=BACKBONES, help="feature backbone (default efficientnet-lite0); none = pixels")
+    train.add_argument("--epochs", type=_non_negative, help="autoencoder training epochs (default 30)")
+    train.add_argument("--image-size", type=_positive, help="images are resized to this square size (default 256)")
+    train.add_argument("--config", help="JSON file of settings (see `patchvq.models.Config`); options above override it")
+    train.add_argument("--seed", type=_non_negative, help="random seed (default 0): same data and seed, same model")
+    train.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its checkpoint")
+    train.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    test = commands.add_parser("test", help="score a dataset's test images with a run and report the metrics")
+    test.add_argument("data", help="dataset folder with a test split")
+    test.add_argument("--run", required=True, help="run folder written by `patchvq train`")
+    test.add_argument("--report", help="folder for metrics.json and the per-image scores (default: the run folder)")
+    test.add_argument("--format", choices=FORMATS, default="auto", help="dataset layout (default: recognise it)")
+    test.add_argument("--batch-size", type=_positive, default=8, help="images per batch (default 8)")
+    test.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    test.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    predict = commands.add_parser("predict", help="score images: a CSV of verdicts and one heat-map overlay per image")
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders of images")
+    predict.add_argument("--run", required=True, help="run folder written by `patchvq train`")
+    predict.add_argument("--out", required=True, help="output folder for predictions.csv and the overlays")
+    predict.add_argument("--batch-size", type=_positive, default=8, help="images per batch (default 8)")
+    predict.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+
+    demo = commands.add_parser("demo", help="generate the synthetic dataset, train pvqae on it, test it")
+    demo.add_argument("--out", default="patchvq-demo", help="output folder (default ./patchvq-demo)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    info = commands.add_parser("info", help="versions, compiler, SIMD, CUDA, Triton and each op's backend")
+    info.add_argument("--no-build", action="store_true", help="do not build the kernels to report on them")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from patchvq.cli import commands
+
+    try:
+        return getattr(commands, args.command)(args)
+    except KeyboardInterrupt:
+        print("patchvq: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the face turns every failure into one line
+        print(f"patchvq: error: {commands.describe(err)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The detector a run trains and scores with: frozen feature source + one of the four models,
+plus the Budget Prior for pvqae."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from patchvq.layers.budget import patch_richness
+from patchvq.models import scoring
+from patchvq.models.autoencoder import Reconstruction, ReconstructionModel
+from patchvq.models.blocks import upsample_to
+from patchvq.models.budget_prior import BudgetPrior, constrain
+from patchvq.models.config import Config
+from patchvq.models.features import FeatureNorm, FeatureSource
+from patchvq.models.knn import MemoryBank
+
+
+@dataclass
+class Scored:
+    """Scores of a batch: image `scores` [B]; smoothed anomaly `maps` [B, H, W] at the input size;
+    for pvqae the router's `level_map` and the prior-constrained `prior_level_map` [B, Hc, Wc]
+    (None for other models); `reconstruction`: the pixel-space reconstruction [B, C, H, W] or None."""
+
+    scores: torch.Tensor
+    maps: torch.Tensor
+    level_map: torch.Tensor | None = None
+    prior_level_map: torch.Tensor | None = None
+    reconstruction: torch.Tensor | None = None
+
+
+class Detector(nn.Module):
+    """config.model on config.backbone. `image_channels`: channels of the input images (1 or 3).
+
+    The backbone is frozen and never saved with a run (its weights come from their package):
+    `trainable_state()` is what a checkpoint stores.
+    """
+
+    def __init__(self, config: Config, image_channels: int, *, pretrained: bool = True):
+        super().__init__()
+        self.config = config
+        self.image_channels = image_channels
+        strides = config.knn_strides if config.model == "knn" else config.strides
+        self.source = FeatureSource(config.backbone, strides, pretrained, config.backbone_precision)
+        channels = self.source.channels or [image_channels]
+        self.channels = channels
+        if config.model == "knn":
+            self.core = MemoryBank(sum(channels), config.knn_bank, config.knn_pool)
+            return
+        self.norm = None if config.pixel_space else FeatureNorm(channels)
+        self.core = ReconstructionModel(config, channels)
+        if config.model == "pvqae":
+            grid = (config.image_size // config.strides[-1],) * 2
+            self.prior = BudgetPrior(config.patch_vq.num_codes, len(config.strides), grid, config.prior_dim,
+                                     config.prior_layers, config.prior_heads)
+            self.register_buffer("prior_ready", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def trainable(self) -> bool:
+        return self.config.model != "knn"
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("source.")}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        if "core.bank" in state:
+            self.core.bank = torch.empty_like(state["core.bank"])
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("source.")]
+        if missing or unexpected:
+            raise ValueError(f"the checkpoint does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+    def stored_bytes(self) -> int:
+        """Bytes of what a run stores for this model (the frozen backbone excluded)."""
+        return sum(t.numel() * t.element_size() for t in self.trainable_state().values())
+
+    def targets(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen features (or the image) of images [B, C, H, W]; what the feature cache keeps."""
+        return self.source(images)
+
+    def richness(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Context richness per patch [B, Hc, Wc] for pvqae's budget, else None."""
+        if self.config.model != "pvqae":
+            return None
+        return patch_richness(images.float(), self.config.strides[-1])
+
+    def inputs(self, targets: list[torch.Tensor]) -> list[torch.Tensor]:
+        targets = [t.float() for t in targets]
+        return targets if self.norm is None else self.norm(targets)
+
+    def training_loss(self, targets, richness, noise: float, generator: torch.Generator | None):
+        """(total loss, {part: float}) of one training batch of cached targets."""
+        clean = self.inputs(targets)
+        noisy = clean
+        if noise > 0 and self.norm is not None:
+            noisy = [t + noise * torch.randn(t.shape, generator=generator, device=t.device) for t in clean]
+        rec = self.core(noisy, richness=richness)
+        rec_loss = scoring.reconstruction_loss(clean, rec.outputs, self.config.pixel_space)
+        total = rec_loss + rec.vq_loss
+        parts = {"rec": float(rec_loss.detach()), "vq": float(rec.vq_loss.detach())}
+        if rec.usage is not None:
+            parts["fine"] = float(rec.usage["level_share"][0])
+            parts["spent"] = float(rec.usage["spent_fraction"])
+        return total, parts
+
+    @torch.no_grad()
+    def score_targets(self, targets: list[torch.Tensor], size: tuple[int, int]) -> Scored:
+        """Score a batch from its cached targets; maps at `size` (the input image size)."""
+        cfg = self.config
+        if cfg.model == "knn":
+            raw = upsample_to(self.core.distance_map(targets)[:, None], size)[:, 0]
+            maps = scoring.gaussian_blur(raw, cfg.score_sigma)
+            return Scored(scoring.image_scores(maps, cfg.image_score), maps)
+        inputs = self.inputs(targets)
+        rec: Reconstruction = self.core(inputs)
+        level_map = prior_map = None
+        surprise = None
+        if cfg.model == "pvqae":
+            level_map = prior_map = rec.level_map
+            if bool(self.prior_ready):
+                prior = self.prior.prior(rec.coarse_codes)
+                prior_map = constrain(rec.level_map, prior, cfg.prior_threshold)
+                if not torch.equal(prior_map, rec.level_map):
+                    rec = self.core(inputs, level_map=prior_map)
+                if cfg.prior_surprise_weight > 0:
+                    p = prior.gather(1, level_map[:, None]).clamp_min(1e-6)
+                    surprise = upsample_to(-p.log(), size)[:, 0] * cfg.prior_surprise_weight
+        raw = scoring.anomaly_map(inputs, rec.outputs, cfg.pixel_space, size)
+        if surprise is not None:
+            raw = raw + surprise
+        maps = scoring.gaussian_blur(raw, cfg.score_sigma)
+        recon = rec.outputs[0] if cfg.pixel_space else None
+        return Scored(scoring.image_scores(maps, cfg.image_score), maps, level_map, prior_map, recon)
