@@ -252,3 +252,26 @@ def test_image_modes_convert_consistently(tmp_path):
     luma = np.asarray(rgb, dtype=np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255
     assert torch.allclose(as_luma, torch.from_numpy(luma), atol=1e-5)
     assert colour["image"].shape == (3, 30, 40)
+
+
+def test_mvtec_and_btad_without_ground_truth_are_image_level_datasets(tmp_path):
+    import shutil
+
+    root = mvtec(tmp_path / "cat")
+    shutil.rmtree(root / "ground_truth")
+    test = open_dataset(root, "mvtec", "test", image_size=16)
+    assert not test.has_masks and len(test) == 6
+    defect = next(test[i] for i in range(len(test)) if test[i]["label"] == 1)
+    assert defect["has_mask"] is False and torch.isnan(defect["mask"]).all()
+    product = btad(tmp_path / "01")
+    shutil.rmtree(product / "ground_truth")
+    assert not open_dataset(product, "btad", "test", image_size=16).has_masks
+
+
+def test_a_ground_truth_folder_lacking_some_masks_is_still_an_error(tmp_path):
+    import shutil
+
+    root = mvtec(tmp_path / "cat")
+    shutil.rmtree(root / "ground_truth" / "hole")
+    with pytest.raises(DatasetError, match="hole/000.png: defect image without a mask"):
+        open_dataset(root, "mvtec", "test", image_size=16)

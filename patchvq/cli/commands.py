@@ -63,9 +63,9 @@ def train(args) -> int:
 
 
 def _resumed_size(out: str) -> int:
-    from patchvq.engine.train import CHECKPOINT_FILE, _checkpoint_meta
+    from patchvq.engine.train import resumable_state
 
-    return int(_checkpoint_meta(Path(out) / CHECKPOINT_FILE)["config"]["image_size"])
+    return int(resumable_state(out)["config"]["image_size"])
 
 
 def test(args) -> int:

@@ -15,17 +15,20 @@ def collect_train_test(
 
     ``train`` is every image of ``train/<good>``; ``test`` is ``test/<good>`` (label 0) and
     every other folder of ``test/`` as a defect type (label 1) with its masks in
-    ``ground_truth/<defect>``.
+    ``ground_truth/<defect>``. Without a ``ground_truth`` folder at all the dataset is an
+    image-level one (defect items get ``has_mask=False``: pixel metrics are not possible); a
+    ``ground_truth`` folder that lacks some masks is an error naming them.
     """
     if split == "train":
         return found.good(require_dir(root / "train" / good, f"{name} training folder"))
     test = require_dir(root / "test", f"{name} test folder")
     samples: list[Sample] = []
+    masks = root / "ground_truth"
     for folder in subfolders(test):
         if folder.name == good:
             samples += found.good(folder)
         else:
-            mask_dir = root / "ground_truth" / folder.name
+            mask_dir = masks / folder.name if masks.is_dir() else None
             samples += found.defects(folder, folder.name, mask_dir, mask_suffixes)
     return samples
 

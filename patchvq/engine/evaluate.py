@@ -53,6 +53,20 @@ def score_dataset(detector: Detector, dataset, batch_size: int, *, progress, des
     return torch.cat(scores)
 
 
+@torch.no_grad()
+def error_terms_of(detector: Detector, dataset, batch_size: int, *, progress, desc: str) -> list[list[torch.Tensor]]:
+    """The per-level error terms of every image of `dataset`, batch by batch (for calibration)."""
+    detector.eval()
+    device = next(detector.buffers()).device
+    terms = []
+    with progress(total=len(dataset), desc=desc, unit="img") as bar:
+        for items in _loader(dataset, batch_size):
+            images = torch.stack([i["image"] for i in items]).to(device)
+            terms.append([t.cpu() for t in detector.error_terms(detector.targets(images))[0]])
+            bar.update(len(items))
+    return terms
+
+
 @dataclass
 class Evaluation:
     """metrics: the summary (JSON-ready); rows: per image {path, label, defect, score, verdict}."""

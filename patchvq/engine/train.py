@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from patchvq.data.split import holdout_indices
 from patchvq.engine.checkpoint import CheckpointError, read_tensors, write_tensors
-from patchvq.engine.evaluate import score_dataset
+from patchvq.engine.evaluate import error_terms_of, score_dataset
 from patchvq.engine.run import MODEL_FILE, RUN_FILE, Run, default_device
 from patchvq.engine.store import TargetStore
 from patchvq.models.config import Config, ConfigError
@@ -30,8 +30,9 @@ def fit(dataset, config: Config | None, out: str | Path, *, resume: bool = False
         device: torch.device | str | None = None, progress: bool = True) -> Run:
     """Train `config.model` on the good images of `dataset` (a "train" split) into the folder `out`.
 
-    A tenth (config.val_fraction) of the images is held out, by file name, to fit the decision
-    threshold (the config.threshold_quantile quantile of their scores). Seeded by config.seed:
+    A tenth (config.val_fraction) of the images is held out, by file name: their error maps
+    calibrate the per-level standardisation of the anomaly map, and their scores fit the decision
+    threshold (the config.threshold_quantile quantile). Seeded by config.seed:
     the same data and config give the same weights. A checkpoint is written atomically after
     every `checkpoint_every` epochs; `resume=True` continues from it (with the config saved in
     it) and ends with the weights an uninterrupted run would have. Returns the saved Run.
@@ -72,6 +73,8 @@ def fit(dataset, config: Config | None, out: str | Path, *, resume: bool = False
         store.close()
 
     detector.eval()
+    if detector.trainable:
+        detector.calibrate(error_terms_of(detector, val_data, config.batch_size, progress=bar, desc="calibration"))
     val_scores = score_dataset(detector, val_data, config.batch_size, progress=bar, desc="threshold")
     threshold = float(torch.quantile(val_scores.double(), config.threshold_quantile))
     info = dict(state.get("info", {}))
@@ -109,16 +112,24 @@ def _start(out: Path, config: Config | None, resume: bool) -> tuple[dict, dict |
                 raise RunExists(f"{out} already holds a run ({name}); resume it or choose another output folder")
         out.mkdir(parents=True, exist_ok=True)
         return {"config": config.to_dict(), "phase": "autoencoder", "epoch": 0, "elapsed": 0.0}, None
-    if (out / RUN_FILE).exists() and not ckpt.exists():
-        raise RunExists(f"{out} holds a finished run; there is nothing to resume")
+    meta = resumable_state(out)
     tensors = read_tensors(ckpt, "checkpoint")
-    meta = _checkpoint_meta(ckpt)
     if config is not None and config.to_dict() != meta["config"]:
         saved = meta["config"]
         changed = sorted(k for k, v in config.to_dict().items() if saved.get(k) != v)
         raise ConfigError(f"resume: the settings differ from the checkpoint's ({', '.join(changed)}); "
                           "resume without changing them")
     return meta, tensors
+
+
+def resumable_state(out: str | Path) -> dict:
+    """The training state saved in the checkpoint of `out` (its "config" among it), to resume from."""
+    out = Path(out)
+    if (out / RUN_FILE).exists() and not (out / CHECKPOINT_FILE).exists():
+        raise RunExists(f"{out} holds a finished run; there is nothing to resume")
+    if not (out / CHECKPOINT_FILE).exists():
+        raise CheckpointError(f"{out} holds no checkpoint ({CHECKPOINT_FILE}) to resume from")
+    return _checkpoint_meta(out / CHECKPOINT_FILE)
 
 
 def _checkpoint_meta(path: Path) -> dict:
@@ -242,7 +253,7 @@ def _train_prior(detector, optimizer, store, config, state, generator, out, star
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                pbar.set_postfix({"ce": f"{float(loss):.3g}"}, refresh=False)
+                pbar.set_postfix({"ce": f"{float(loss.detach()):.3g}"}, refresh=False)
                 pbar.update(1)
             state["epoch"] = epoch + 1
             if state["epoch"] % config.checkpoint_every == 0 or state["epoch"] == config.prior_epochs:

@@ -92,6 +92,7 @@ class Reconstruction:
     level_map: torch.Tensor | None = None
     coarse_codes: torch.Tensor | None = None
     usage: dict | None = None
+    prior: torch.Tensor | None = None
 
 
 class ReconstructionModel(nn.Module):

@@ -41,7 +41,7 @@ class Config:
     bottleneck_stride: int = 16
     patch_vq: PatchVQConfig = field(default_factory=PatchVQConfig)
 
-    epochs: int = 30
+    epochs: int = 12
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-5
@@ -54,11 +54,12 @@ class Config:
     prior_dim: int = 64
     prior_layers: int = 2
     prior_heads: int = 4
-    prior_epochs: int = 40
+    prior_epochs: int = 20
     prior_threshold: float = 0.1
     prior_surprise_weight: float = 0.0
 
     score_sigma: float = 4.0
+    score_weights: tuple[float, float] = (1.0, 0.0)
     image_score: str = "max"
     threshold_quantile: float = 0.99
 
@@ -72,6 +73,7 @@ class Config:
             self.patch_vq = _build(PatchVQConfig, self.patch_vq, "patch_vq.")
         self.strides = tuple(self.strides)
         self.knn_strides = tuple(self.knn_strides)
+        self.score_weights = tuple(self.score_weights)
         self.validate()
 
     def validate(self) -> None:
@@ -97,6 +99,10 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
                 raise ConfigError(f"config: {name} must be a number strictly between 0 and 1, got {value!r}")
+        weights = self.score_weights
+        if len(weights) != 2 or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+                                        and w != float("inf") for w in weights) or not sum(weights) > 0:
+            raise ConfigError(f"config: score_weights must be two finite weights >= 0, not both 0, got {weights!r}")
         if self.prior_dim % self.prior_heads:
             raise ConfigError(f"config: prior_dim {self.prior_dim} must be a multiple of prior_heads {self.prior_heads}")
         _strides("strides", self.strides)

@@ -51,6 +51,8 @@ class Detector(nn.Module):
             return
         self.norm = None if config.pixel_space else FeatureNorm(channels)
         self.core = ReconstructionModel(config, channels)
+        self.register_buffer("term_mean", torch.zeros(len(channels), 2))
+        self.register_buffer("term_std", torch.ones(len(channels), 2))
         if config.model == "pvqae":
             grid = (config.image_size // config.strides[-1],) * 2
             self.prior = BudgetPrior(config.patch_vq.num_codes, len(config.strides), grid, config.prior_dim,
@@ -106,30 +108,41 @@ class Detector(nn.Module):
         return total, parts
 
     @torch.no_grad()
+    def error_terms(self, targets: list[torch.Tensor]) -> tuple[list[torch.Tensor], Reconstruction, torch.Tensor | None]:
+        """The per-level error terms (scoring.term_maps) of a batch under the allocation that is
+        scored (pvqae: the router's, constrained by the Budget Prior once it is trained), the
+        reconstruction, and the router's own level map (pvqae) or None."""
+        inputs = self.inputs(targets)
+        rec: Reconstruction = self.core(inputs)
+        router_map = rec.level_map
+        if self.config.model == "pvqae" and bool(self.prior_ready):
+            prior = self.prior.prior(rec.coarse_codes)
+            constrained = constrain(rec.level_map, prior, self.config.prior_threshold)
+            if not torch.equal(constrained, rec.level_map):
+                rec = self.core(inputs, level_map=constrained)
+            rec.prior = prior
+        return scoring.term_maps(inputs, rec.outputs, self.config.pixel_space), rec, router_map
+
+    @torch.no_grad()
+    def calibrate(self, terms: list[list[torch.Tensor]]) -> None:
+        """Fit the standardisation of each level's error terms on held-out good images' terms."""
+        mean, std = scoring.term_statistics(terms)
+        self.term_mean.copy_(mean)
+        self.term_std.copy_(std)
+
+    @torch.no_grad()
     def score_targets(self, targets: list[torch.Tensor], size: tuple[int, int]) -> Scored:
-        """Score a batch from its cached targets; maps at `size` (the input image size)."""
+        """Score a batch from its frozen targets; maps at `size` (the input image size)."""
         cfg = self.config
         if cfg.model == "knn":
             raw = upsample_to(self.core.distance_map(targets)[:, None], size)[:, 0]
             maps = scoring.gaussian_blur(raw, cfg.score_sigma)
             return Scored(scoring.image_scores(maps, cfg.image_score), maps)
-        inputs = self.inputs(targets)
-        rec: Reconstruction = self.core(inputs)
-        level_map = prior_map = None
-        surprise = None
-        if cfg.model == "pvqae":
-            level_map = prior_map = rec.level_map
-            if bool(self.prior_ready):
-                prior = self.prior.prior(rec.coarse_codes)
-                prior_map = constrain(rec.level_map, prior, cfg.prior_threshold)
-                if not torch.equal(prior_map, rec.level_map):
-                    rec = self.core(inputs, level_map=prior_map)
-                if cfg.prior_surprise_weight > 0:
-                    p = prior.gather(1, level_map[:, None]).clamp_min(1e-6)
-                    surprise = upsample_to(-p.log(), size)[:, 0] * cfg.prior_surprise_weight
-        raw = scoring.anomaly_map(inputs, rec.outputs, cfg.pixel_space, size)
-        if surprise is not None:
-            raw = raw + surprise
+        terms, rec, router_map = self.error_terms(targets)
+        raw = scoring.combine(terms, self.term_mean, self.term_std, cfg.score_weights, size)
+        if cfg.prior_surprise_weight > 0 and getattr(rec, "prior", None) is not None:
+            p = rec.prior.gather(1, router_map[:, None]).clamp_min(1e-6)
+            raw = raw + cfg.prior_surprise_weight * upsample_to(-p.log(), size)[:, 0]
         maps = scoring.gaussian_blur(raw, cfg.score_sigma)
         recon = rec.outputs[0] if cfg.pixel_space else None
-        return Scored(scoring.image_scores(maps, cfg.image_score), maps, level_map, prior_map, recon)
+        return Scored(scoring.image_scores(maps, cfg.image_score), maps, router_map, rec.level_map, recon)

@@ -22,12 +22,14 @@ def embed(features: list[torch.Tensor], pool: int) -> torch.Tensor:
 
 
 def greedy_coreset(rows: torch.Tensor, size: int, generator: torch.Generator, round_size: int = 256) -> torch.Tensor:
-    """Indices of `size` rows of `rows` [N, D] chosen by greedy k-center selection (farthest point first).
+    """Indices of `size` rows of `rows` [N, D] chosen by greedy k-center selection: each new centre is
+    the row farthest from those chosen so far (the first is drawn at random).
 
-    Exact greedy adds one centre at a time; this adds up to `round_size` per round: the greedy
-    order is computed exactly among the 4 x round_size rows currently farthest from the chosen set
-    (their distances to each other are a small matrix), then one `nearest_code` call against the
-    round's new centres updates every row's distance to the set.
+    Exactly the one-at-a-time greedy order, in rounds of up to `round_size` centres: a round takes
+    the 4 x round_size rows currently farthest from the set and continues the greedy order among
+    them (their distances to each other are a small matrix) as long as the next pick is at least
+    as far as every row outside them, which only get nearer; then one `nearest_code` call against
+    the round's new centres updates every row's distance to the set.
     """
     n = rows.shape[0]
     if size >= n:
@@ -38,14 +40,16 @@ def greedy_coreset(rows: torch.Tensor, size: int, generator: torch.Generator, ro
     total = 1
     while total < size:
         m = min(round_size, size - total)
-        pool = dist.topk(min(4 * m, n)).indices
+        ranked = dist.topk(min(4 * m + 1, n))
+        pool = ranked.indices[: 4 * m]
+        outside = float(ranked.values[4 * m]) if ranked.values.numel() > 4 * m else 0.0
         cand = rows[pool]
         local = dist[pool].clone()
         pair = torch.cdist(cand, cand).pow(2)
         picks = []
-        for _ in range(m):
+        while len(picks) < m:
             j = int(local.argmax())
-            if local[j] <= 0:
+            if local[j] <= 0 or (picks and local[j] < outside):
                 break
             picks.append(j)
             local = torch.minimum(local, pair[j])

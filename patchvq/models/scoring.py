@@ -57,24 +57,42 @@ def reconstruction_loss(targets: list[torch.Tensor], outputs: list[torch.Tensor]
     return torch.stack(parts).mean()
 
 
-def anomaly_map(
-    targets: list[torch.Tensor], outputs: list[torch.Tensor], pixel_space: bool, size: tuple[int, int]
-) -> torch.Tensor:
-    """Unsmoothed anomaly map [B, H, W] at the input `size`.
+def term_maps(targets: list[torch.Tensor], outputs: list[torch.Tensor], pixel_space: bool) -> list[torch.Tensor]:
+    """The two error terms of every level, [B, 2, H_l, W_l] per level, at the level's own grid.
 
-    Feature space: per level (1 - cosine) + squared error averaged over the (standardised)
-    channels, each level bilinearly upsampled and summed. Pixel space: (1 - SSIM) + squared error.
+    Feature space: (1 - cosine) and the squared error averaged over the standardised channels.
+    Pixel space (one level): (1 - SSIM) and the squared error averaged over the colour channels.
     """
     if pixel_space:
         t, o = targets[0].float(), outputs[0].float()
-        return upsample_to(((1 - ssim_map(o, t)) + (o - t).pow(2).mean(1))[:, None], size)[:, 0]
+        return [torch.stack([1 - ssim_map(o, t), (o - t).pow(2).mean(1)], 1)]
+    return [torch.stack([1 - F.cosine_similarity(o.float(), t.float(), dim=1), (o.float() - t.float()).pow(2).mean(1)], 1)
+            for t, o in zip(targets, outputs)]
+
+
+def combine(terms: list[torch.Tensor], mean: torch.Tensor, std: torch.Tensor, weights: tuple[float, float],
+            size: tuple[int, int]) -> torch.Tensor:
+    """The unsmoothed anomaly map [B, H, W] at `size`: every level's terms standardised by the
+    statistics of held-out good images (mean, std [L, 2]), weighted, bilinearly upsampled and summed."""
     total = None
-    for t, o in zip(targets, outputs):
-        t, o = t.float(), o.float()
-        level = (1 - F.cosine_similarity(o, t, dim=1)) + (o - t).pow(2).mean(1)
-        level = upsample_to(level[:, None], size)[:, 0]
-        total = level if total is None else total + level
+    w = torch.tensor(weights, dtype=torch.float32, device=terms[0].device)
+    for level, t in enumerate(terms):
+        z = (t.float() - mean[level][None, :, None, None]) / std[level][None, :, None, None]
+        level_map = upsample_to((z * w[None, :, None, None]).sum(1, keepdim=True), size)[:, 0]
+        total = level_map if total is None else total + level_map
     return total
+
+
+def term_statistics(terms: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per level and term, the mean and standard deviation over every position of the batches in
+    `terms` (a list over batches of term_maps results): ([L, 2], [L, 2])."""
+    levels = len(terms[0])
+    mean, std = torch.zeros(levels, 2), torch.ones(levels, 2)
+    for level in range(levels):
+        values = torch.cat([batch[level].transpose(0, 1).reshape(2, -1).double() for batch in terms], 1)
+        mean[level] = values.mean(1).float()
+        std[level] = values.std(1).clamp_min(1e-6).float()
+    return mean, std
 
 
 def image_scores(maps: torch.Tensor, mode: str) -> torch.Tensor:
