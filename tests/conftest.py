@@ -47,8 +47,8 @@ def triton_missing() -> str | None:
     """Why the Triton kernels cannot be tested here, or None when they can."""
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
-    if importlib.util.find_spec("patchvq.ops.triton_ops") is None:
-        return "this tree has no Triton kernels (patchvq.ops.triton_ops)"
+    if importlib.util.find_spec("patchvq.ops.triton_backend") is None:
+        return "this tree has no Triton kernels (patchvq.ops.triton_backend)"
     return None
 
 

@@ -18,16 +18,15 @@ from patchvq import reference
 
 
 def _triton_op(name):
-    from patchvq.ops import triton_ops
+    from patchvq.ops import backend
 
-    return triton_ops.lookup(name)
+    return backend.kernel("triton", name, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _cuda_op(name):
-    from patchvq.ops import native
+    from patchvq.ops import backend
 
-    native.cuda_extension()
-    return getattr(torch.ops.patchvq, name).default
+    return backend.kernel("native", name, "cuda")
 
 
 @pytest.fixture(params=["triton", "cuda"])
