@@ -61,3 +61,14 @@ def kernel_backend(request, monkeypatch) -> str:
             pytest.skip(reason)
     monkeypatch.setenv("PATCHVQ_BACKEND", request.param)
     return request.param
+
+
+def raises_value_error(device: torch.device, call, match: str) -> None:
+    """A bad value (NaN or Inf, an index out of range) makes `call()` raise ValueError on CPU
+    tensors. On CUDA tensors the check stays on the device (no synchronisation) and a failure is a
+    device-side assert that ends the process's CUDA context, so it is not provoked here:
+    tests/test_gpu_sync.py checks it in a child process."""
+    if device.type == "cuda":
+        return
+    with pytest.raises(ValueError, match=match):
+        call()

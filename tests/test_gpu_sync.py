@@ -115,3 +115,32 @@ def test_triton_glue_reads_nothing_back(monkeypatch):
         bad = x.clone()
         bad[0, 0] = float("nan")
         triton_backend.nearest_code(bad, cb, "l2", True)
+
+
+CHILD = """
+import sys, torch, patchvq
+x = torch.randn(64, 8, device="cuda")
+cb = torch.randn(5, 8, device="cuda")
+x[3, 2] = float("nan")
+patchvq.nearest_code(x, cb)  # returns at once: the check runs on the device
+print("returned", flush=True)
+torch.cuda.synchronize()
+print("no error", flush=True)
+"""
+
+
+@pytest.mark.parametrize("name", ["native", "triton"])
+def test_a_bad_value_on_cuda_is_a_device_assert(cuda, name):
+    """A failed device-side check ends the CUDA context, so it runs in a child process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if name == "triton" and triton_missing():
+        pytest.skip(triton_missing())
+    env = {**os.environ, backend.ENV_VAR: name}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=600)
+    assert "returned" in done.stdout and "no error" not in done.stdout, done.stdout + done.stderr[-3000:]
+    assert "assert" in done.stderr.lower(), done.stderr[-3000:]

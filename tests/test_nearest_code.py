@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import raises_value_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from search_oracle import assert_nearest, exact_distances
@@ -186,8 +187,7 @@ def test_non_finite_input_raises_naming_it(kernel_backend, device, where, bad):
     x, codebook = random_case(40, 10, 6, 1.0, 6, device)
     target = x if where == "x" else codebook
     target[-1, -1] = bad
-    with pytest.raises(ValueError, match=f"{where} contains NaN or Inf"):
-        patchvq.nearest_code(x, codebook)
+    raises_value_error(device, lambda: patchvq.nearest_code(x, codebook), f"{where} contains NaN or Inf")
     index, _ = patchvq.nearest_code(x, codebook, check_finite=False)
     assert ((index >= 0) & (index < 10)).all()
 
