@@ -47,7 +47,7 @@ def test_ops_train_without_a_read_back(cuda, name, monkeypatch):
     with no_sync():
         index, distance = patchvq.nearest_code(x, cb)
         distance.sum().backward()
-        count, total = patchvq.code_stats(x.detach(), index, 64)
+        count, _ = patchvq.code_stats(x.detach(), index, 64)
         torch.ops.patchvq.patch_assign_backward(grad, choice, [1, 2])
     torch.cuda.synchronize()
     assert int(count.sum()) == 512
@@ -141,6 +141,6 @@ def test_a_bad_value_on_cuda_is_a_device_assert(cuda, name):
         pytest.skip(triton_missing())
     env = {**os.environ, backend.ENV_VAR: name}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=600, check=False)
     assert "returned" in done.stdout and "no error" not in done.stdout, done.stdout + done.stderr[-3000:]
     assert "assert" in done.stderr.lower(), done.stderr[-3000:]

@@ -166,7 +166,7 @@ def test_meta_and_fake_tensors_never_read_a_value(op):
 
     with FakeTensorMode() as mode:
         fake = getattr(torch.ops.patchvq, op)(*[to(mode.from_tensor, a) for a in args])
-    flat = lambda out: [t for o in out for t in (o if isinstance(o, list) else [o])]  # noqa: E731
+    flat = lambda out: [t for o in out for t in (o if isinstance(o, list) else [o])]
     for r, m, f in zip(flat(real), flat(meta), flat(fake)):
         assert m.device.type == "meta" and m.shape == r.shape and m.dtype == r.dtype
         assert f.shape == r.shape and f.dtype == r.dtype
@@ -272,7 +272,7 @@ def test_ops_modules_import_downwards_only():
 
 
 def test_no_function_shadows_its_module_and_fast_paths_keep_off_the_reference():
-    import patchvq.ops as ops
+    from patchvq import ops
 
     modules = {p.stem for p in OPS_DIR.glob("*.py")}
     for public in ops.__all__:
