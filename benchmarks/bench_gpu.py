@@ -6,8 +6,8 @@ Run on a machine with a CUDA GPU, from the repository root (benchmarks/gpu_check
 
 nearest_code: N = 2^20 rows, D in {64, 256}, K in {1024, 8192}, float32 and bfloat16, random
 normal data. Competitors, all on the same tensors:
-  ours_cuda     torch.ops.patchvq.nearest_code (the CUDA extension)
-  ours_triton   the Triton kernel (patchvq_triton::nearest_code)
+  ours_cuda     the CUDA extension's kernel (private patchvq_native::nearest_code)
+  ours_triton   the Triton backend (patchvq.ops.triton_backend.nearest_code)
   cdist_argmin  torch.cdist(x, codebook).argmin(1), the usual PyTorch idiom (N x K distances)
   mm_argmin     torch.addmm(||e||^2, x, codebook^T, alpha=-2).argmin(1), PyTorch at its best
   matmul        x @ codebook^T alone: the cuBLAS GEMM of the same shape (the roofline)
@@ -81,18 +81,16 @@ def ceilings() -> dict:
 
 def search_competitors(x: torch.Tensor, cb: torch.Tensor) -> dict:
     """name -> callable returning the index (or the GEMM output for the roofline)."""
-    from patchvq.ops import native, triton_ops
+    from patchvq.ops import backend
 
     norms = cb.float().pow(2).sum(1).to(cb.dtype)
     competitors = {}
-    try:
-        native.cuda_extension()
-        cuda_op = torch.ops.patchvq.nearest_code.default
-        competitors["ours_cuda"] = lambda: cuda_op(x, cb, "l2", False)[0]
-    except native.NativeUnavailable as exc:  # the table says why instead of stopping the run
-        competitors["ours_cuda"] = exc
-    triton_op = triton_ops.lookup("nearest_code")
-    competitors["ours_triton"] = lambda: triton_op(x, cb, "l2", False)[0]
+    for name, kind in (("ours_cuda", "native"), ("ours_triton", "triton")):
+        try:
+            op = backend.kernel(kind, "nearest_code", x.device)
+            competitors[name] = lambda op=op: op(x, cb, "l2", False)[0]
+        except backend.BackendUnavailable as exc:  # the table says why instead of stopping the run
+            competitors[name] = exc
     competitors["cdist_argmin"] = lambda: torch.cdist(x, cb).argmin(1)
     competitors["mm_argmin"] = lambda: torch.addmm(norms, x, cb.t(), alpha=-2.0).argmin(1)
     competitors["matmul"] = lambda: x @ cb.t()

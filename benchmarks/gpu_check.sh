@@ -73,7 +73,8 @@ print(info.format_info(info.collect()))
 "
 
 TESTS=(tests/test_gpu_kernels.py tests/test_triton_ops.py)
-for t in tests/test_nearest_code.py tests/test_code_stats.py tests/test_patch_assign.py tests/test_layers_on_device.py; do
+for t in tests/test_nearest_code.py tests/test_code_stats.py tests/test_patch_assign.py tests/test_layers_on_device.py \
+  tests/test_ops_library.py tests/test_gpu_sync.py; do
   [ -f "$t" ] && TESTS+=("$t")
 done
 # Several workers share the GPU so that Triton's first compilations overlap (pytest-xdist, if present).

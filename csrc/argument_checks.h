@@ -1,6 +1,8 @@
 // Argument checks shared by the CPU and CUDA kernels of every op: the ops can be called through
 // torch.ops without the Python checks, and the kernels' index arithmetic relies on these. Each
-// message names the argument and its shape. Tensor headers only, so nvcc parses little.
+// message names the argument and its shape. A wrong dtype is a TypeError (TORCH_CHECK_TYPE), a
+// wrong shape, value or device a ValueError (TORCH_CHECK_VALUE), as the Python checks raise.
+// Tensor headers only, so nvcc parses little.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -12,15 +14,15 @@
 namespace patchvq {
 
 inline void check_float_matrix(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 2, "patchvq: ", name, " must be 2-D [rows, D], got shape ", t.sizes());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "patchvq: ", name, " must be a floating tensor, got ",
-              t.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "patchvq: ", name, " must be a floating-point tensor, got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 2, "patchvq: ", name, " must be 2-D [rows, D], got shape ", t.sizes());
 }
 
 // A kernel handed a pointer to another device's (or the host's) memory faults; the dispatcher
 // picks the CUDA kernels as soon as one argument is a CUDA tensor.
 inline void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& other, const char* other_name) {
-  TORCH_CHECK(t.device() == other.device(), "patchvq: tensors must be on one device, got ", name, " on ", t.device(),
+  TORCH_CHECK_VALUE(t.device() == other.device(), "patchvq: tensors must be on one device, got ", name, " on ", t.device(),
               ", ", other_name, " on ", other.device());
 }
 
@@ -36,37 +38,37 @@ inline void check_codebook(const at::Tensor& codebook, int64_t d, const at::Tens
 // code_stats: x [N, D] floating, index int64 [N] on x's device, at least one code.
 inline void check_code_stats_arguments(const at::Tensor& x, const at::Tensor& index, int64_t num_codes) {
   check_float_matrix(x, "x");
-  TORCH_CHECK(index.scalar_type() == at::kLong, "patchvq: index must be an int64 tensor, got ", index.scalar_type());
-  TORCH_CHECK(index.dim() == 1 && index.size(0) == x.size(0), "patchvq: index must be [N] with N=", x.size(0), " (x ",
+  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "patchvq: index must be an int64 tensor, got ", index.scalar_type());
+  TORCH_CHECK_VALUE(index.dim() == 1 && index.size(0) == x.size(0), "patchvq: index must be [N] with N=", x.size(0), " (x ",
               x.sizes(), "), got ", index.sizes());
   check_same_device(index, "index", x, "x");
-  TORCH_CHECK(num_codes >= 1, "patchvq: num_codes must be a positive int, got ", num_codes);
+  TORCH_CHECK_VALUE(num_codes >= 1, "patchvq: num_codes must be a positive int, got ", num_codes);
 }
 
 // Stride of each level relative to the finest: ascending powers of two that divide the finest
 // grid, every level with levels[0]'s B, D, dtype and device.
 inline std::vector<int64_t> level_factors(at::TensorList levels) {
-  TORCH_CHECK(!levels.empty(), "patchvq: levels must be a non-empty list of [B, D, H_l, W_l] tensors");
+  TORCH_CHECK_VALUE(!levels.empty(), "patchvq: levels must be a non-empty list of [B, D, H_l, W_l] tensors");
   const at::Tensor& fine = levels[0];
   std::vector<int64_t> factors;
   for (size_t l = 0; l < levels.size(); ++l) {
     const at::Tensor& lv = levels[l];
-    TORCH_CHECK(lv.dim() == 4, "patchvq: levels[", l, "] must be 4-D [B, D, H, W], got shape ", lv.sizes());
-    TORCH_CHECK(at::isFloatingType(lv.scalar_type()), "patchvq: levels[", l, "] must be floating, got ",
+    TORCH_CHECK_VALUE(lv.dim() == 4, "patchvq: levels[", l, "] must be 4-D [B, D, H, W], got shape ", lv.sizes());
+    TORCH_CHECK_TYPE(at::isFloatingType(lv.scalar_type()), "patchvq: levels[", l, "] must be a floating-point tensor, got ",
                 lv.scalar_type());
     check_same_device(lv, "a level", fine, "levels[0]");
-    TORCH_CHECK(lv.scalar_type() == fine.scalar_type(), "patchvq: levels[", l, "] has dtype ", lv.scalar_type(),
+    TORCH_CHECK_TYPE(lv.scalar_type() == fine.scalar_type(), "patchvq: levels[", l, "] has dtype ", lv.scalar_type(),
                 " but levels[0] has ", fine.scalar_type());
-    TORCH_CHECK(lv.size(0) == fine.size(0) && lv.size(1) == fine.size(1), "patchvq: levels[", l, "] has shape ",
+    TORCH_CHECK_VALUE(lv.size(0) == fine.size(0) && lv.size(1) == fine.size(1), "patchvq: levels[", l, "] has shape ",
                 lv.sizes(), " but levels[0] has ", fine.sizes(), " (B and D must match)");
     const int64_t h = lv.size(2), w = lv.size(3);
-    TORCH_CHECK(h > 0 && w > 0 && fine.size(2) % h == 0 && fine.size(3) % w == 0 && fine.size(2) / h == fine.size(3) / w,
+    TORCH_CHECK_VALUE(h > 0 && w > 0 && fine.size(2) % h == 0 && fine.size(3) % w == 0 && fine.size(2) / h == fine.size(3) / w,
                 "patchvq: levels[", l, "] grid ", h, "x", w, " does not divide the finest grid ", fine.size(2), "x",
                 fine.size(3), " evenly");
     const int64_t factor = fine.size(2) / h;
-    TORCH_CHECK((factor & (factor - 1)) == 0, "patchvq: levels[", l, "] stride is ", factor,
+    TORCH_CHECK_VALUE((factor & (factor - 1)) == 0, "patchvq: levels[", l, "] stride is ", factor,
                 "x the finest, not a power of two");
-    TORCH_CHECK(factors.empty() || factor > factors.back(), "patchvq: levels must be ordered finest first; levels[",
+    TORCH_CHECK_VALUE(factors.empty() || factor > factors.back(), "patchvq: levels must be ordered finest first; levels[",
                 l, "] is not coarser than levels[", l - 1, "]");
     factors.push_back(factor);
   }
@@ -76,15 +78,15 @@ inline std::vector<int64_t> level_factors(at::TensorList levels) {
 // The backward's grad_z_q [B, D, H, W] floating, and its factors: ascending powers of two that
 // divide its grid.
 inline void check_backward_arguments(const at::Tensor& grad_z_q, at::IntArrayRef factors) {
-  TORCH_CHECK(grad_z_q.dim() == 4, "patchvq: grad_z_q must be 4-D [B, D, H, W], got shape ", grad_z_q.sizes());
-  TORCH_CHECK(at::isFloatingType(grad_z_q.scalar_type()), "patchvq: grad_z_q must be floating, got ",
+  TORCH_CHECK_VALUE(grad_z_q.dim() == 4, "patchvq: grad_z_q must be 4-D [B, D, H, W], got shape ", grad_z_q.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_z_q.scalar_type()), "patchvq: grad_z_q must be a floating-point tensor, got ",
               grad_z_q.scalar_type());
-  TORCH_CHECK(!factors.empty(), "patchvq: factors must name at least one level");
+  TORCH_CHECK_VALUE(!factors.empty(), "patchvq: factors must name at least one level");
   for (size_t l = 0; l < factors.size(); ++l) {
     const int64_t f = factors[l];
-    TORCH_CHECK(f > 0 && (f & (f - 1)) == 0 && (l == 0 || f > factors[l - 1]),
+    TORCH_CHECK_VALUE(f > 0 && (f & (f - 1)) == 0 && (l == 0 || f > factors[l - 1]),
                 "patchvq: factors must be ascending powers of two, got ", factors);
-    TORCH_CHECK(grad_z_q.size(2) % f == 0 && grad_z_q.size(3) % f == 0, "patchvq: factor ", f,
+    TORCH_CHECK_VALUE(grad_z_q.size(2) % f == 0 && grad_z_q.size(3) % f == 0, "patchvq: factor ", f,
                 " does not divide the grid of grad_z_q ", grad_z_q.sizes());
   }
 }
@@ -94,9 +96,9 @@ inline void check_backward_arguments(const at::Tensor& grad_z_q, at::IntArrayRef
 inline at::Tensor choice_as_long(const at::Tensor& choice, int64_t batch, int64_t coarse_h, int64_t coarse_w,
                                  const at::Tensor& on, const char* on_name) {
   check_same_device(choice, "choice", on, on_name);
-  TORCH_CHECK(at::isIntegralType(choice.scalar_type(), /*includeBool=*/false),
+  TORCH_CHECK_TYPE(at::isIntegralType(choice.scalar_type(), /*includeBool=*/false),
               "patchvq: choice must be an integer tensor, got ", choice.scalar_type());
-  TORCH_CHECK(choice.dim() == 3 && choice.size(0) == batch && choice.size(1) == coarse_h && choice.size(2) == coarse_w,
+  TORCH_CHECK_VALUE(choice.dim() == 3 && choice.size(0) == batch && choice.size(1) == coarse_h && choice.size(2) == coarse_w,
               "patchvq: choice must be [B, Hc, Wc] = [", batch, ", ", coarse_h, ", ", coarse_w, "], got ",
               choice.sizes());
   return choice.to(at::kLong).contiguous();

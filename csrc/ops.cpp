@@ -1,8 +1,11 @@
-// The operator schemas of patchvq: one per op. Implementations register per device in
-// csrc/cpu/*.cpp and csrc/cuda/*.cpp; fake kernels and autograd are registered from Python.
+// The schemas of the compiled kernels, in the private namespace patchvq_native. The public ops
+// (patchvq::nearest_code, ...) are defined in Python when patchvq is imported
+// (patchvq/ops/library.py) with the same schemas; their CPU and CUDA kernels call these when
+// the native backend is chosen. Implementations register per device in csrc/cpu/*.cpp and
+// csrc/cuda/register.cpp; the public ops carry the fake kernels and autograd.
 #include <torch/library.h>
 
-TORCH_LIBRARY(patchvq, m) {
+TORCH_LIBRARY(patchvq_native, m) {
   m.def(
       "nearest_code(Tensor x, Tensor codebook, str metric=\"l2\", bool check_finite=True)"
       " -> (Tensor index, Tensor distance)");

@@ -47,8 +47,8 @@ def triton_missing() -> str | None:
     """Why the Triton kernels cannot be tested here, or None when they can."""
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
-    if importlib.util.find_spec("patchvq.ops.triton_ops") is None:
-        return "this tree has no Triton kernels (patchvq.ops.triton_ops)"
+    if importlib.util.find_spec("patchvq.ops.triton_backend") is None:
+        return "this tree has no Triton kernels (patchvq.ops.triton_backend)"
     return None
 
 
@@ -61,3 +61,14 @@ def kernel_backend(request, monkeypatch) -> str:
             pytest.skip(reason)
     monkeypatch.setenv("PATCHVQ_BACKEND", request.param)
     return request.param
+
+
+def raises_value_error(device: torch.device, call, match: str) -> None:
+    """A bad value (NaN or Inf, an index out of range) makes `call()` raise ValueError on CPU
+    tensors. On CUDA tensors the check stays on the device (no synchronisation) and a failure is a
+    device-side assert that ends the process's CUDA context, so it is not provoked here:
+    tests/test_gpu_sync.py checks it in a child process."""
+    if device.type == "cuda":
+        return
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -1,10 +1,11 @@
 """Compile-only check of the CUDA sources, without a GPU (nothing is linked or launched).
 
 Kernels (csrc/cuda/*.cu, which need only ATen and the CUDA runtime headers): nvcc builds each
-for sm_80 and sm_90, all at once. The default run builds the device code (`--fatbin`; the CUDA
-front end parses and checks all the host code too); the `slow` test also runs the host
-compiler, as an extension build does. Glue (register.cpp): the host compiler checks it against
-torch's c10/cuda headers (the module file, module.cpp, in the slow run).
+for sm_80 and sm_90, all at once: the device code (`--fatbin`; the CUDA front end parses and
+checks all the host code too) and its register use, and with the host compiler as an extension
+build does; these take minutes on 2 cores, so they are `slow` (`make test-slow`, which .ci/run
+runs after `make test`). Glue (register.cpp): the host compiler checks it against torch's
+c10/cuda headers in the default run (the module file, module.cpp, in the slow run).
 """
 
 import importlib.util
@@ -93,6 +94,7 @@ def test_every_op_has_a_cuda_kernel_file():
     assert GLUE.is_file() and MODULE.is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", KERNELS)
 def test_kernel_compiles_for_sm80_and_sm90(device_code, name):
     assert_compiled(name, device_code[name])
@@ -109,6 +111,7 @@ def kernel_resources(log: str) -> list[dict]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", KERNELS)
 def test_kernels_do_not_spill_registers(device_code, name):
     resources = kernel_resources(device_code[name][1])

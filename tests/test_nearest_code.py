@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import raises_value_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from search_oracle import assert_nearest, exact_distances
@@ -186,8 +187,7 @@ def test_non_finite_input_raises_naming_it(kernel_backend, device, where, bad):
     x, codebook = random_case(40, 10, 6, 1.0, 6, device)
     target = x if where == "x" else codebook
     target[-1, -1] = bad
-    with pytest.raises(ValueError, match=f"{where} contains NaN or Inf"):
-        patchvq.nearest_code(x, codebook)
+    raises_value_error(device, lambda: patchvq.nearest_code(x, codebook), f"{where} contains NaN or Inf")
     index, _ = patchvq.nearest_code(x, codebook, check_finite=False)
     assert ((index >= 0) & (index < 10)).all()
 
@@ -218,30 +218,34 @@ def test_bad_metric_and_mixed_devices(kernel_backend, device):
 
 
 def test_native_kernel_checks_its_own_arguments(device):
-    """The C++ kernel, called without the Python checks, still names the argument."""
-    from patchvq.ops import native
+    """The C++ kernel (private patchvq_native::), called without the Python checks, raises the
+    same error types, naming the argument."""
+    from patchvq.ops import backend
 
     try:
-        native.cpu_extension()
-    except native.NativeUnavailable as exc:
+        op = backend.kernel("native", "nearest_code", device)
+    except backend.BackendUnavailable as exc:
         pytest.skip(f"native kernels unavailable: {exc}")
-    op = torch.ops.patchvq.nearest_code
     with pytest.raises(ValueError, match="x has D=3 but codebook has D=4"):
         op(torch.ones(2, 3, device=device), torch.ones(5, 4, device=device))
-    with pytest.raises(RuntimeError, match="codebook must be 2-D"):
+    with pytest.raises(ValueError, match="codebook must be 2-D"):
         op(torch.ones(2, 3, device=device), torch.ones(5, device=device))
-    with pytest.raises(RuntimeError, match="metric must be"):
+    with pytest.raises(TypeError, match="x must be a floating"):
+        op(torch.ones(2, 3, dtype=torch.int64, device=device), torch.ones(5, 3, device=device))
+    with pytest.raises(ValueError, match="metric must be"):
         op(torch.ones(2, 3, device=device), torch.ones(5, 3, device=device), "dot")
 
 
 def test_opcheck(kernel_backend, device):
-    if kernel_backend != "native":
-        pytest.skip("this checks patchvq::nearest_code; the Triton backend is the patchvq_triton op, checked in test_triton_ops.py")
+    """The public op, whichever backend runs it (the reference in test_ops_library.py)."""
     x, codebook = random_case(33, 17, 5, 1.0, 8, device)
     for metric in METRICS:
         torch.library.opcheck(torch.ops.patchvq.nearest_code.default, (x, codebook, metric, True))
 
 
+@pytest.mark.parametrize(
+    "kernel_backend", ["native", pytest.param("triton", marks=pytest.mark.slow)], indirect=True
+)  # gradcheck under the Triton interpreter takes minutes: in `make test-slow`
 @pytest.mark.parametrize("metric", METRICS)
 def test_gradients_in_float64(kernel_backend, device, metric):
     x, codebook = random_case(12, 7, 5, 1.0, 9, device)

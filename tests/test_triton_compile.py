@@ -1,7 +1,8 @@
 """Every Triton kernel compiles for sm_80 and sm_90 without a GPU, in every launch configuration a
 GPU run can pick, without register spills, within each target's shared memory, and multiplying on
 the intended units (tensor cores for half-precision searches; never TF32). The Triton interpreter
-runs the same kernels in the other tests but checks none of this; see tests/triton_aot.py."""
+runs the same kernels in the other tests but checks none of this; see tests/triton_aot.py.
+Minutes on 2 cores: `slow` (`make test-slow`, run by .ci/run after `make test`)."""
 
 import importlib.util
 import json
@@ -24,6 +25,7 @@ def nvidia_backend_missing() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(nvidia_backend_missing() is not None, reason=str(nvidia_backend_missing()))
 def test_every_triton_kernel_compiles_for_sm80_and_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -17,7 +17,7 @@ enum class Metric { L2, Cosine };
 inline Metric parse_metric(c10::string_view metric) {
   if (metric == "l2") return Metric::L2;
   if (metric == "cosine") return Metric::Cosine;
-  TORCH_CHECK(false, "patchvq: metric must be \"l2\" or \"cosine\", got \"", std::string(metric), "\"");
+  TORCH_CHECK_VALUE(false, "patchvq: metric must be \"l2\" or \"cosine\", got \"", std::string(metric), "\"");
 }
 
 // True when every one of the n values at data is finite; threads over the values.
@@ -34,7 +34,7 @@ bool all_finite(const scalar_t* data, int64_t n) {
 
 template <typename scalar_t>
 void check_finite(const at::Tensor& contiguous, const char* name) {
-  TORCH_CHECK(all_finite(contiguous.data_ptr<scalar_t>(), contiguous.numel()), "patchvq: ", name,
+  TORCH_CHECK_VALUE(all_finite(contiguous.data_ptr<scalar_t>(), contiguous.numel()), "patchvq: ", name,
               " contains NaN or Inf (shape ", contiguous.sizes(), ")");
 }
 

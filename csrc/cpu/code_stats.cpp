@@ -59,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor> code_stats_cpu(const at::Tensor& x, const at:
   const at::Tensor idx = index.contiguous();
   const int64_t n = x.size(0);
   const int64_t bad = first_out_of_range(idx.data_ptr<int64_t>(), n, num_codes);
-  TORCH_CHECK(bad < 0, "patchvq: index[", bad, "] = ", (bad < 0 ? 0 : idx.data_ptr<int64_t>()[bad]),
+  TORCH_CHECK_VALUE(bad < 0, "patchvq: index[", bad, "] = ", (bad < 0 ? 0 : idx.data_ptr<int64_t>()[bad]),
               " is out of range for num_codes=", num_codes, " (negative values mark ignored rows)");
   AT_DISPATCH_FLOATING_TYPES(acc, "patchvq::code_stats", [&] {
     using acc_t = scalar_t;
@@ -75,4 +75,4 @@ std::tuple<at::Tensor, at::Tensor> code_stats_cpu(const at::Tensor& x, const at:
 }  // namespace
 }  // namespace patchvq::cpu
 
-TORCH_LIBRARY_IMPL(patchvq, CPU, m) { m.impl("code_stats", &patchvq::cpu::code_stats_cpu); }
+TORCH_LIBRARY_IMPL(patchvq_native, CPU, m) { m.impl("code_stats", &patchvq::cpu::code_stats_cpu); }

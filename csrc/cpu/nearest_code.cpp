@@ -49,4 +49,4 @@ std::tuple<at::Tensor, at::Tensor> nearest_code_float32_kernel(const at::Tensor&
 
 }  // namespace patchvq::cpu
 
-TORCH_LIBRARY_IMPL(patchvq, CPU, m) { m.impl("nearest_code", &patchvq::cpu::nearest_code_cpu); }
+TORCH_LIBRARY_IMPL(patchvq_native, CPU, m) { m.impl("nearest_code", &patchvq::cpu::nearest_code_cpu); }

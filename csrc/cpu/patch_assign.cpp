@@ -251,7 +251,7 @@ std::vector<at::Tensor> patch_assign_backward_cpu(const at::Tensor& grad_z_q, co
 }  // namespace
 }  // namespace patchvq::cpu
 
-TORCH_LIBRARY_IMPL(patchvq, CPU, m) {
+TORCH_LIBRARY_IMPL(patchvq_native, CPU, m) {
   m.impl("patch_assign", &patchvq::cpu::patch_assign_cpu);
   m.impl("patch_assign_backward", &patchvq::cpu::patch_assign_backward_cpu);
 }

@@ -36,8 +36,9 @@ __global__ void __launch_bounds__(kThreads) code_stats_kernel(const scalar_t* __
 std::tuple<at::Tensor, at::Tensor> code_stats(const at::Tensor& x, const at::Tensor& index, int64_t num_codes,
                                               cudaStream_t stream) {
   check_code_stats_arguments(x, index, num_codes);
-  TORCH_CHECK_VALUE(index.numel() == 0 || index.max().item<int64_t>() < num_codes,
-                    "patchvq: index holds values >= num_codes (", num_codes, ")");
+  if (index.numel() > 0)
+    assert_on_device(index.lt(num_codes).all(),
+                     "patchvq: index holds values >= num_codes (" + std::to_string(num_codes) + ")");
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor count = at::zeros({num_codes}, x.options().dtype(acc));
   at::Tensor sum = at::zeros({num_codes, x.size(1)}, x.options().dtype(acc));

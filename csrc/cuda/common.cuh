@@ -7,12 +7,15 @@
 #include <ATen/OpMathType.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/_assert_async.h>
 #include <ATen/ops/aminmax.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/zeros.h>
 #include <cuda_runtime.h>
+
+#include <string>
 
 #include "argument_checks.h"
 
@@ -36,10 +39,16 @@ __device__ __forceinline__ int64_t row_start(const int64_t* row_offsets, int64_t
   return row_offsets != nullptr ? row_offsets[row] : row * stride_xn;
 }
 
-// Raise ValueError-like errors as the reference does: NaN or Inf in an input is an error.
+// A check of tensor values that stays on the device: no copy to the host, no synchronisation,
+// so a training step never waits on it. A false `ok` (a bool scalar) is a device-side assert:
+// the CUDA error surfaces at the next synchronisation and the CUDA context is lost, so it marks
+// a bug in the caller, not a condition to recover from (compile-checked; see docs/ops.md).
+inline void assert_on_device(const at::Tensor& ok, const std::string& message) { at::_assert_async(ok, message); }
+
+// NaN or Inf in an input is an error, as in the reference; checked on the device.
 inline void check_all_finite(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.numel() == 0 || at::isfinite(t).all().item<bool>(), "patchvq: ", name,
-                    " contains NaN or Inf (shape ", t.sizes(), ")");
+  if (t.numel() == 0) return;
+  assert_on_device(at::isfinite(t).all(), std::string("patchvq: ") + name + " contains NaN or Inf");
 }
 
 }  // namespace patchvq::cuda

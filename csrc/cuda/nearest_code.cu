@@ -157,7 +157,7 @@ int64_t row_count(const at::Tensor& x, const at::Tensor& row_offsets) {
 }  // namespace
 
 bool parse_cosine(c10::string_view metric) {
-  TORCH_CHECK(metric == "l2" || metric == "cosine", "patchvq: metric must be \"l2\" or \"cosine\", got \"",
+  TORCH_CHECK_VALUE(metric == "l2" || metric == "cosine", "patchvq: metric must be \"l2\" or \"cosine\", got \"",
               std::string(metric), "\"");
   return metric == "cosine";
 }

@@ -80,7 +80,9 @@ unsigned int grid_blocks(int64_t total) { return std::min<unsigned int>(blocks_f
 
 // Bool[B, H_l, W_l]: the cells of a level whose patch chose it.
 at::Tensor chosen_cells(const at::Tensor& choice, int64_t level, int64_t cells_per_patch) {
-  return choice.eq(level).repeat_interleave(cells_per_patch, 1).repeat_interleave(cells_per_patch, 2);
+  // expand + reshape, not repeat_interleave, whose output size may be read back from the device.
+  const int64_t b = choice.size(0), h = choice.size(1), w = choice.size(2), c = cells_per_patch;
+  return choice.eq(level).view({b, h, 1, w, 1}).expand({b, h, c, w, c}).reshape({b, h * c, w * c});
 }
 
 }  // namespace
@@ -97,11 +99,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign(at::Ten
   const int64_t patch = factors.back();
   const at::Tensor choice =
       choice_as_long(choice_in, fine.size(0), fine.size(2) / patch, fine.size(3) / patch, fine, "levels");
-  if (choice.numel() > 0) {
-    const auto [low, high] = at::aminmax(choice);
-    TORCH_CHECK_VALUE(low.item<int64_t>() >= 0 && high.item<int64_t>() < static_cast<int64_t>(levels.size()),
-                      "patchvq: choice holds a level outside [0, ", levels.size(), ")");
-  }
+  if (choice.numel() > 0)
+    assert_on_device(choice.ge(0).logical_and(choice.lt(static_cast<int64_t>(levels.size()))).all(),
+                     "patchvq: choice holds a level outside [0, " + std::to_string(levels.size()) + ")");
   if (check_finite) check_all_finite(codebook, "codebook");
   const auto acc = fine.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor z_q = at::zeros(fine.sizes(), fine.options());
@@ -112,8 +112,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign(at::Ten
     const int64_t factor = factors[level];
     const at::Tensor chosen = chosen_cells(choice, static_cast<int64_t>(level), patch / factor);
     if (check_finite) {
-      TORCH_CHECK_VALUE(!chosen.logical_and(at::isfinite(features).all(1).logical_not()).any().item<bool>(),
-                        "patchvq: levels[", level, "] contains NaN or Inf at a chosen cell");
+      assert_on_device(chosen.logical_and(at::isfinite(features).all(1).logical_not()).any().logical_not(),
+                       "patchvq: levels[" + std::to_string(level) + "] contains NaN or Inf at a chosen cell");
     }
     auto [feats, cb, norms] = search_inputs(features, codebook, cosine, 1);
     at::Tensor index = at::full(chosen.sizes(), -1, chosen.options().dtype(at::kLong));

@@ -40,7 +40,7 @@ std::vector<at::Tensor> patch_assign_backward_op(const at::Tensor& grad_z_q, con
 }  // namespace
 }  // namespace patchvq::cuda
 
-TORCH_LIBRARY_IMPL(patchvq, CUDA, m) {
+TORCH_LIBRARY_IMPL(patchvq_native, CUDA, m) {
   m.impl("nearest_code", &patchvq::cuda::nearest_code_op);
   m.impl("code_stats", &patchvq::cuda::code_stats_op);
   m.impl("patch_assign", &patchvq::cuda::patch_assign_op);

@@ -1,7 +1,11 @@
-"""The ops layer: public functions over the kernels, with validation and backend choice."""
+"""The ops layer: the patchvq:: torch ops (defined at import) and their public functions.
 
-from patchvq.ops.code_stats import code_stats
-from patchvq.ops.nearest_code import nearest_code
-from patchvq.ops.patch_assign import patch_assign
+Modules, top down (each imports only those below it): functions (the public functions) ->
+library (schemas, kernels per device, fake kernels, autograd) -> backend (which implementation
+runs), fake, gradients, validate -> native (the JIT loader), triton_backend, inputs (input
+preparation shared by the fast paths) -> sources.
+"""
+
+from patchvq.ops.functions import code_stats, nearest_code, patch_assign
 
 __all__ = ["code_stats", "nearest_code", "patch_assign"]

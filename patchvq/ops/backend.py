@@ -4,9 +4,12 @@ Unset: on CPU the C++ kernels, or the reference with one warning if they cannot 
 CUDA the CUDA kernels, else Triton, else the reference (with one warning). Set to
 reference|native|triton it forces that backend and fails loudly instead of falling back
 (triton on CPU tensors needs TRITON_INTERPRET=1, the Triton interpreter).
+
+The choice is made once per (op, device type, switch), the first time the public op's kernel
+runs on that device (patchvq/ops/library.py); every backend's callable takes the op schema's
+positional arguments.
 """
 
-import importlib
 import os
 import warnings
 from collections.abc import Callable
@@ -17,9 +20,9 @@ from patchvq.ops import native
 
 BACKENDS = ("reference", "native", "triton")
 ENV_VAR = "PATCHVQ_BACKEND"
+OPS = ("nearest_code", "code_stats", "patch_assign", "patch_assign_backward")
 
-_chosen: dict[str, str] = {}
-_callables: dict[str, Callable] = {}
+_chosen: dict[tuple[str, str, str | None], tuple[str, Callable]] = {}
 _warned: set[str] = set()
 
 
@@ -39,30 +42,46 @@ def forced() -> str | None:
 
 def implementation(op: str, device: torch.device) -> Callable:
     """The function that runs `op` for tensors on `device`, chosen once per (op, device, switch)."""
-    return _callables[_resolve(op, device.type)]
+    return choose(op, device)[1]
 
 
 def choose(op: str, device: torch.device) -> tuple[str, Callable]:
     """(backend name, callable) for `op` on `device`; builds the native kernels on first need."""
-    key = _resolve(op, device.type)
-    return key.split("/")[2], _callables[key]
-
-
-@torch.compiler.assume_constant_result
-def _resolve(op: str, device_type: str) -> str:
-    # A constant to torch.compile: the choice is made while tracing, outside the graph.
     switch = forced()
-    prefix = f"{op}/{device_type}/{switch or ''}"
-    if prefix not in _chosen:
-        device = torch.device(device_type)
-        name, fn = _forced(op, device, switch) if switch else _automatic(op, device)
-        _chosen[prefix] = f"{op}/{device_type}/{name}/{switch or 'auto'}"
-        _callables[_chosen[prefix]] = fn
-    return _chosen[prefix]
+    key = (op, device.type, switch)
+    found = _chosen.get(key)
+    if found is None:
+        found = _forced(op, device, switch) if switch else _automatic(op, device)
+        _chosen[key] = found
+    return found
+
+
+def kernel(name: str, op: str, device: torch.device | str = "cpu") -> Callable:
+    """The raw implementation of `op` in backend `name` (no choice, no fallback): for tests and
+    benchmarks that compare the backends. Raises BackendUnavailable when it cannot run here."""
+    device = torch.device(device)
+    try:
+        if name == "reference":
+            return reference(op)
+        if name == "native":
+            return _native(op, device)
+        if name == "triton":
+            return _triton(op, device)
+    except native.NativeUnavailable as exc:
+        raise BackendUnavailable(str(exc)) from exc
+    raise ValueError(f"patchvq: backend must be one of {', '.join(BACKENDS)}, got {name!r}")
 
 
 def reference(op: str) -> Callable:
-    return getattr(importlib.import_module("patchvq.reference"), op)
+    from patchvq import reference as references
+
+    return getattr(references, _known(op))
+
+
+def _known(op: str) -> str:
+    if op not in OPS:
+        raise BackendUnavailable(f"patchvq: no op named {op!r}")
+    return op
 
 
 def _native(op: str, device: torch.device) -> Callable:
@@ -72,10 +91,13 @@ def _native(op: str, device: torch.device) -> Callable:
         native.cpu_extension()
     else:
         raise native.NativeUnavailable(f"no native kernels for {device.type} tensors")
-    overload = getattr(torch.ops.patchvq, op).default
+    try:
+        overload = getattr(torch.ops.patchvq_native, _known(op)).default
+    except AttributeError as exc:  # an extension built before this op existed
+        raise native.NativeUnavailable(f"the native extension has no {op}: {exc}") from exc
     key = "CUDA" if device.type == "cuda" else "CPU"
     if not overload.has_kernel_for_dispatch_key(key):
-        raise native.NativeUnavailable(f"patchvq::{op} has no {key} kernel in this build")
+        raise native.NativeUnavailable(f"patchvq_native::{op} has no {key} kernel in this build")
     return overload
 
 
@@ -85,10 +107,10 @@ def _triton(op: str, device: torch.device) -> Callable:
     if device.type not in ("cpu", "cuda"):
         raise BackendUnavailable(f"Triton kernels take CUDA tensors, not {device.type}")
     try:
-        registry = importlib.import_module("patchvq.ops.triton_ops")
+        from patchvq.ops import triton_backend
     except ImportError as exc:
         raise BackendUnavailable(f"Triton is not usable: {exc}") from exc
-    return registry.lookup(op)
+    return getattr(triton_backend, _known(op))
 
 
 def _forced(op: str, device: torch.device, switch: str) -> tuple[str, Callable]:
@@ -96,7 +118,7 @@ def _forced(op: str, device: torch.device, switch: str) -> tuple[str, Callable]:
         return switch, reference(op)
     try:
         return switch, (_native(op, device) if switch == "native" else _triton(op, device))
-    except (native.NativeUnavailable, BackendUnavailable, AttributeError) as exc:
+    except (native.NativeUnavailable, BackendUnavailable) as exc:
         raise BackendUnavailable(f"patchvq: {ENV_VAR}={switch} cannot run {op} on {device.type}: {exc}") from exc
 
 
@@ -108,11 +130,10 @@ def _automatic(op: str, device: torch.device) -> tuple[str, Callable]:
     for name, find in attempts:
         try:
             return name, find(op, device)
-        except (native.NativeUnavailable, BackendUnavailable, AttributeError) as exc:
+        except (native.NativeUnavailable, BackendUnavailable) as exc:
             reasons.append(f"{name}: {exc}")
-    if device.type in ("cpu", "cuda"):
-        _warn_once(f"patchvq: no fast kernel for {op} on {device.type} ({'; '.join(reasons)}); "
-                   f"running the PyTorch reference. Set {ENV_VAR}=native to make this an error.")
+    _warn_once(f"patchvq: no fast kernel for {op} on {device.type} ({'; '.join(reasons)}); "
+               f"running the PyTorch reference. Set {ENV_VAR}=native to make this an error.")
     return "reference", reference(op)
 
 

@@ -1,12 +1,13 @@
 """Find or build the compiled extensions on first use; importing patchvq never compiles.
 
-The CPU extension holds the op schemas and the CPU kernels; the CUDA extension adds CUDA
-kernels for the same schemas. A prebuilt module (setup.py with PATCHVQ_BUILD_EXT=1) is used
+The CPU extension defines the private namespace patchvq_native (the same schemas as the public
+patchvq:: ops, which patchvq/ops/library.py defines at import) and its CPU kernels; the CUDA
+extension adds CUDA kernels there. Users never call patchvq_native:: directly: the public ops'
+kernels do when the native backend is chosen. A prebuilt module (setup.py with PATCHVQ_BUILD_EXT=1) is used
 when present, otherwise torch.utils.cpp_extension builds with ninja into TORCH_EXTENSIONS_DIR,
 under its lock file, so two processes building at once wait for each other.
 """
 
-import importlib
 import threading
 from collections.abc import Callable
 from types import ModuleType
@@ -23,19 +24,10 @@ class NativeUnavailable(RuntimeError):
 _lock = threading.RLock()
 _modules: dict[str, ModuleType] = {}
 _failures: dict[str, str] = {}
-_on_load: list[Callable[[], None]] = []
-
-
-def on_load(register: Callable[[], None]) -> Callable[[], None]:
-    """Run `register` (fake kernels, autograd) once the op schemas exist; use as a decorator."""
-    _on_load.append(register)
-    if sources.CPU_EXTENSION in _modules:
-        register()
-    return register
 
 
 def cpu_extension() -> ModuleType:
-    """The CPU extension module: schemas, CPU kernels and build_info(). Builds on first call."""
+    """The CPU extension module: patchvq_native schemas, CPU kernels and build_info(). Builds on first call."""
     return _load(sources.CPU_EXTENSION, _build_cpu)
 
 
@@ -66,17 +58,19 @@ def _load(name: str, build: Callable[[], ModuleType]) -> ModuleType:
             _failures[name] = _summarise(exc)
             raise NativeUnavailable(_failures[name]) from exc
         _modules[name] = module
-        if name == sources.CPU_EXTENSION:
-            for register in _on_load:
-                register()
         return module
 
 
 def _prebuilt(name: str) -> ModuleType | None:
+    """The module setup.py built ahead of time (PATCHVQ_BUILD_EXT=1), if this install has it."""
     try:
-        return importlib.import_module(f"patchvq.{name}")
+        if name == sources.CPU_EXTENSION:
+            from patchvq import patchvq_cpu as module
+        else:
+            from patchvq import patchvq_cuda as module
     except ImportError:
         return None
+    return module
 
 
 def _build_cpu() -> ModuleType:

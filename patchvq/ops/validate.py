@@ -2,7 +2,7 @@
 
 import torch
 
-from patchvq.reference.nearest_code import METRICS
+from patchvq.ops.inputs import METRICS
 
 
 def floating(t: torch.Tensor, name: str) -> None:
@@ -54,7 +54,7 @@ def code_stats(x: torch.Tensor, index: torch.Tensor, num_codes: int) -> None:
         raise TypeError(f"patchvq: index must be an int64 tensor, got {getattr(index, 'dtype', type(index))}")
     if index.dim() != 1 or index.shape[0] != x.shape[0]:
         raise ValueError(f"patchvq: index must be [N] with N={x.shape[0]} (x {tuple(x.shape)}), got {tuple(index.shape)}")
-    if not isinstance(num_codes, int) or num_codes < 1:
+    if not isinstance(num_codes, (int, torch.SymInt)) or isinstance(num_codes, bool) or num_codes < 1:
         raise ValueError(f"patchvq: num_codes must be a positive int, got {num_codes!r}")
     same_device(("x", x), ("index", index))
 
@@ -87,10 +87,35 @@ def patch_levels(levels: list[torch.Tensor], choice: torch.Tensor, cb: torch.Ten
         factors.append(factor)
     codebook(dim, cb, "levels")
     metric(metric_name)
-    if not isinstance(choice, torch.Tensor) or choice.is_floating_point() or choice.is_complex() or choice.dtype == torch.bool:
-        raise TypeError(f"patchvq: choice must be an integer tensor, got {getattr(choice, 'dtype', type(choice))}")
+    integer(choice, "choice")
     coarse = tuple(levels[-1].shape[2:])
     if tuple(choice.shape) != (batch, *coarse):
         raise ValueError(f"patchvq: choice must be [B, Hc, Wc] = {(batch, *coarse)}, got {tuple(choice.shape)}")
     same_device(*[(f"levels[{i}]", lv) for i, lv in enumerate(levels)], ("choice", choice), ("codebook", cb))
     return factors
+
+
+def backward_arguments(grad_z_q: torch.Tensor, choice: torch.Tensor, factors: list[int]) -> None:
+    """Arguments of patch_assign_backward: grad_z_q[B, D, H, W] floating, factors ascending powers
+    of two dividing its grid, choice integer [B, H / factors[-1], W / factors[-1]] on its device."""
+    floating(grad_z_q, "grad_z_q")
+    if grad_z_q.dim() != 4:
+        raise ValueError(f"patchvq: grad_z_q must be 4-D [B, D, H, W], got shape {tuple(grad_z_q.shape)}")
+    factors = list(factors)
+    if not factors:
+        raise ValueError("patchvq: factors must name at least one level")
+    for i, f in enumerate(factors):
+        if f <= 0 or f & (f - 1) or (i and f <= factors[i - 1]):
+            raise ValueError(f"patchvq: factors must be ascending powers of two, got {factors}")
+        if grad_z_q.shape[2] % f or grad_z_q.shape[3] % f:
+            raise ValueError(f"patchvq: factor {f} does not divide the grid of grad_z_q {tuple(grad_z_q.shape)}")
+    integer(choice, "choice")
+    coarse = (grad_z_q.shape[0], grad_z_q.shape[2] // factors[-1], grad_z_q.shape[3] // factors[-1])
+    if tuple(choice.shape) != coarse:
+        raise ValueError(f"patchvq: choice must be [B, Hc, Wc] = {coarse}, got {tuple(choice.shape)}")
+    same_device(("grad_z_q", grad_z_q), ("choice", choice))
+
+
+def integer(t: torch.Tensor, name: str) -> None:
+    if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"patchvq: {name} must be an integer tensor, got {getattr(t, 'dtype', type(t))}")

@@ -1,0 +1,80 @@
+"""Input preparation shared by the fast paths, written once: the accumulation dtype, cosine
+normalisation, the norms of the codes, the level factors, the chosen cells, and value checks
+that stay on the device for GPU tensors.
+
+torch only. The reference (patchvq/reference/) keeps its own copy of these rules on purpose:
+it is the oracle the fast paths are checked against, so it shares no code with them.
+"""
+
+import torch
+
+METRICS = ("l2", "cosine")
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an op computes and returns distances in: float64 stays, everything else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def normalize(t: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Rows (along `dim`) scaled to unit L2 norm; an all-zero row stays zero."""
+    return t / t.norm(dim=dim, keepdim=True).clamp_min(1e-12)
+
+
+def search_inputs(
+    x: torch.Tensor, codebook: torch.Tensor, metric: str, feature_dim: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, codebook, ||e||^2) as the search kernels take them: one dtype, rows normalised along
+    x's `feature_dim` (and the codebook's rows) for cosine, where every ||e||^2 counts as 1;
+    ||e||^2 in the accumulation dtype. Inputs of one dtype are searched in it; mixed ones in x's
+    accumulation dtype (a float64 codebook meets float32 x as float32)."""
+    acc = accumulate_dtype(x.dtype)
+    dtype = x.dtype if codebook.dtype == x.dtype else acc
+    x, codebook = x.to(dtype), codebook.to(dtype)
+    if metric == "cosine":
+        x = normalize(x.to(acc), feature_dim)
+        codebook = normalize(codebook.to(acc))
+        # Every code ranks by 1 - 2 x.e, so a zero code counts as orthogonal (distance 1).
+        return x, codebook, torch.ones(codebook.shape[0], dtype=acc, device=codebook.device)
+    return x, codebook, codebook.to(acc).pow(2).sum(1)
+
+
+def distance_to(x: torch.Tensor, codes: torch.Tensor, metric: str) -> torch.Tensor:
+    """Distance of each row of x[N, D] to the matching row of codes[N, D]: squared L2 or
+    1 - cosine similarity. Differentiable: the gradient of the winning code's distance."""
+    if metric == "l2":
+        return (x - codes).pow(2).sum(-1)
+    return 1.0 - (normalize(x) * normalize(codes)).sum(-1)
+
+
+def level_factors(levels: list[torch.Tensor]) -> list[int]:
+    """Stride of each level relative to the finest (levels[0]): [1, 2, 4] for strides 8/16/32."""
+    fine_h = levels[0].shape[2]
+    return [fine_h // lv.shape[2] if lv.shape[2] else 1 for lv in levels]
+
+
+def chosen_cells(choice: torch.Tensor, level: int, cells_per_patch: int) -> torch.Tensor:
+    """Bool[B, H_l, W_l]: the cells of level `level` whose patch (choice[B, Hc, Wc]) chose it.
+    By expand and reshape: no output size read back from the device."""
+    b, h, w = choice.shape
+    c = cells_per_patch
+    return (choice == level).view(b, h, 1, w, 1).expand(b, h, c, w, c).reshape(b, h * c, w * c)
+
+
+def check_values(ok: torch.Tensor, message: str) -> None:
+    """Raise ValueError(message) unless the bool scalar `ok` is true.
+
+    On a GPU the check stays on the device (torch._assert_async): no synchronisation, and a
+    failure is a device-side assert at the next synchronisation that loses the CUDA context, so
+    a training step never waits on it. On the CPU it is an ordinary ValueError.
+    """
+    if ok.device.type == "cuda":
+        torch._assert_async(ok, message)
+    elif not bool(ok):
+        raise ValueError(message)
+
+
+def check_finite(t: torch.Tensor, name: str) -> None:
+    """NaN or Inf in `t` is an error naming it (one pass over t; see check_values)."""
+    if t.numel():
+        check_values(torch.isfinite(t).all(), f"patchvq: {name} contains NaN or Inf (shape {tuple(t.shape)})")
