@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from patchvq.reference.nearest_code import accumulate_dtype, normalize
+from patchvq.reference.nearest_code import accumulate_dtype, far_row_nearest, normalize, search_frame
 from patchvq.reference.nearest_code import check_finite as check_finite_values
 from patchvq.reference.patch_assign import chosen_cells, level_factors
 from patchvq.triton import code_stats as code_stats_kernel
@@ -36,11 +36,14 @@ def lookup(op: str) -> Callable:
 
 def _search_inputs(
     x: torch.Tensor, codebook: torch.Tensor, metric: str, feature_dim: int = 1
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x, codebook, ||e||^2) as the kernels take them: one dtype, rows normalised along
-    x's `feature_dim` (and the codebook's rows) for cosine, where every ||e||^2 counts as 1;
-    ||e||^2 in the accumulation dtype. Inputs of one dtype are searched in it; mixed ones in x's
-    accumulation dtype, as the reference does (a float64 codebook meets float32 x as float32)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(x, codebook, searched codebook, its ||e||^2, frame) as the kernels take them: one dtype,
+    rows normalised along x's `feature_dim` (and the codebook's rows) for cosine, where every
+    ||e||^2 counts as 1; ||e||^2 in the accumulation dtype. Inputs of one dtype are searched in
+    it; mixed ones in x's accumulation dtype, as the reference does (a float64 codebook meets
+    float32 x as float32). float32/float64 L2 searches score in the codebook's frame
+    (reference.search_frame): the searched codebook is codebook * scale - shift and frame holds
+    [shift..., scale] for the kernel to bring x rows there; distances use the codebook itself."""
     acc = accumulate_dtype(x.dtype)
     dtype = x.dtype if codebook.dtype == x.dtype else acc
     x, codebook = x.to(dtype), codebook.to(dtype)
@@ -48,8 +51,23 @@ def _search_inputs(
         x = normalize(x.to(acc).movedim(feature_dim, -1)).movedim(-1, feature_dim)
         codebook = normalize(codebook.to(acc))
         # Every code ranks by 1 - 2 x.e, so a zero code counts as orthogonal (distance 1).
-        return x, codebook, torch.ones(codebook.shape[0], dtype=acc, device=codebook.device)
-    return x, codebook, codebook.to(acc).pow(2).sum(1)
+        return x, codebook, codebook, torch.ones(codebook.shape[0], dtype=acc, device=codebook.device), None
+    if dtype != acc:  # half inputs: their range cannot overflow float32 scores
+        return x, codebook, codebook, codebook.to(acc).pow(2).sum(1), None
+    scale, shift = search_frame(codebook)
+    searched = codebook * scale - shift
+    frame = torch.cat([shift, shift.new_full((1,), scale)])
+    return x, codebook, searched, searched.pow(2).sum(1), frame
+
+
+def _settle_far_rows(index: torch.Tensor, best: torch.Tensor, rows, codebook: torch.Tensor) -> torch.Tensor:
+    """index with the rows whose best score left the dtype's range (rows so far from the codebook,
+    relative to its scale, that the scores overflow) searched again by direct differences;
+    rows() gives the searched rows [N, D]."""
+    far = ~torch.isfinite(best)
+    if bool(far.any()):
+        index[far] = far_row_nearest(rows()[far], codebook).to(index.device)
+    return index
 
 
 @torch.library.custom_op(f"{NAMESPACE}::nearest_code", mutates_args=())
@@ -60,9 +78,10 @@ def nearest_code(
     if check_finite:
         check_finite_values(x, "x")
         check_finite_values(codebook, "codebook")
-    xs, cb, norms = _search_inputs(x, codebook, metric)
+    xs, cb, searched, norms, frame = _search_inputs(x, codebook, metric)
     with torch.cuda.device_of(x):
-        index = search_kernel.search(xs, cb, norms)
+        index, best = search_kernel.search(xs, searched, norms, frame=frame)
+        index = _settle_far_rows(index, best, lambda: xs.to(norms.dtype), cb.to(norms.dtype))
         return index, search_kernel.winner_distance(xs, cb, index, metric == "cosine")
 
 
@@ -105,12 +124,16 @@ def _patch_assign(
         chosen = chosen_cells(choice, level, factors[-1] // factor)
         if check_finite and bool((chosen & ~torch.isfinite(features).all(1)).any()):
             raise ValueError(f"patchvq: levels[{level}] contains NaN or Inf at a chosen cell")
-        feats, cb, norms = _search_inputs(features, codebook, metric)
+        feats, cb, searched, norms, frame = _search_inputs(features, codebook, metric)
         cells, offsets = patch_kernel.chosen_offsets(feats, chosen)
         index = torch.full(chosen.shape, -1, dtype=torch.int64, device=fine.device)
         level_distance = torch.zeros(chosen.shape, dtype=distance.dtype, device=fine.device)
         if cells.numel():
-            found = search_kernel.search(feats, cb, norms, offsets)
+            found, best = search_kernel.search(feats, searched, norms, offsets, frame)
+            found = _settle_far_rows(
+                found, best, lambda: feats.movedim(1, -1).reshape(-1, feats.shape[1])[cells].to(norms.dtype),
+                cb.to(norms.dtype),
+            )
             index.view(-1)[cells] = found
             level_distance.view(-1)[cells] = search_kernel.winner_distance(
                 feats, cb, found, metric == "cosine", offsets

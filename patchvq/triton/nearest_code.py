@@ -137,16 +137,18 @@ def _program_rows(row_offset_ptr, N, stride_xn, GATHER: tl.constexpr, BLOCK_M: t
 @triton.heuristics({"BLOCK_D": _block_d, "X_RESIDENT": lambda a: a["D"] <= a["BLOCK_D"]})
 @triton.jit
 def _search_kernel(
-    x_ptr, row_offset_ptr, codebook_ptr, code_norm_ptr, index_ptr,
+    x_ptr, row_offset_ptr, codebook_ptr, code_norm_ptr, frame_ptr, index_ptr, best_ptr,
     N, K, D, SIZE_CLASS,
     stride_xn, stride_xd, stride_ck, stride_cd,
     GATHER: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, FMA_DOT: tl.constexpr,
-    NAN_TO_INF: tl.constexpr,
+    NAN_TO_INF: tl.constexpr, FRAME: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RESIDENT_D: tl.constexpr, CHUNK_D: tl.constexpr,
     BLOCK_D: tl.constexpr, X_RESIDENT: tl.constexpr,
 ):
     rows, row_ok, row_start = _program_rows(row_offset_ptr, N, stride_xn, GATHER, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
+    if FRAME:
+        scale = tl.load(frame_ptr + D)
     if X_RESIDENT:
         x_tile = tl.load(
             x_ptr + row_start[:, None] + dims[None, :] * stride_xd,
@@ -154,6 +156,8 @@ def _search_kernel(
         )
         if UPCAST:
             x_tile = x_tile.to(tl.float32)
+        if FRAME:
+            x_tile = x_tile * scale - tl.load(frame_ptr + dims, mask=dims < D, other=0.0)[None, :]
     best = tl.full([BLOCK_M], float("inf"), ACC)
     best_index = tl.zeros([BLOCK_M], tl.int32)
     for k0 in range(0, K, BLOCK_N):
@@ -183,6 +187,8 @@ def _search_kernel(
                 if UPCAST:
                     x_chunk = x_chunk.to(tl.float32)
                     code_chunk = code_chunk.to(tl.float32)
+                if FRAME:
+                    x_chunk = x_chunk * scale - tl.load(frame_ptr + chunk, mask=chunk < D, other=0.0)[None, :]
                 dot = _tile_dot(x_chunk, code_chunk, dot, ACC, FMA_DOT)
         norms = tl.load(code_norm_ptr + codes, mask=code_ok, other=float("inf"))
         score = norms[None, :] - 2.0 * dot
@@ -194,6 +200,7 @@ def _search_kernel(
         best = tl.where(better, block_best, best)
         best_index = tl.where(better, block_index + k0, best_index)
     tl.store(index_ptr + rows, best_index.to(tl.int64), mask=row_ok)
+    tl.store(best_ptr + rows, best, mask=row_ok)
 
 
 @triton.jit
@@ -233,28 +240,33 @@ def _rows(x: torch.Tensor, row_offsets: torch.Tensor | None) -> tuple[int, torch
 
 
 def search(
-    x: torch.Tensor, codebook: torch.Tensor, code_norms: torch.Tensor, row_offsets: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Index int64[N] of the code minimising ||e||^2 - 2 x.e for each row of x[N, D]; ties to the smallest.
+    x: torch.Tensor, codebook: torch.Tensor, code_norms: torch.Tensor, row_offsets: torch.Tensor | None = None,
+    frame: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index int64[N] of the code minimising ||e||^2 - 2 x.e for each row of x[N, D], ties to the
+    smallest, and that score (non-finite where the row's scores left the dtype's range).
 
     x and codebook[K, D] share one dtype; code_norms[K] holds ||e||^2 in the accumulation dtype.
+    With frame [D + 1] in the accumulation dtype (shift, then scale), row values enter as
+    x * scale - shift (the codebook given already in that frame, see reference.search_frame).
     With row_offsets int64[M], row i starts at element row_offsets[i] of x's storage and its D
     values are x.stride(1) apart (a gather from a [B, D, H, W] map without copying), giving [M].
     """
     n, offsets, gather = _rows(x, row_offsets)
     k, d = codebook.shape
     index = torch.empty(n, dtype=torch.int64, device=x.device)
+    best = torch.empty(n, dtype=code_norms.dtype, device=x.device)
     if n == 0:
-        return index
+        return index, best
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)
     _search_kernel[grid](
-        x, offsets, codebook, code_norms, index,
+        x, offsets, codebook, code_norms, code_norms if frame is None else frame, index, best,
         n, k, d, size_class(n, k),
         x.stride(0), x.stride(1), codebook.stride(0), codebook.stride(1),
         GATHER=gather, ACC=_acc(x.dtype), UPCAST=INTERPRETED and x.dtype == torch.bfloat16,
-        FMA_DOT=x.dtype == torch.float64, NAN_TO_INF=INTERPRETED,
+        FMA_DOT=x.dtype == torch.float64, NAN_TO_INF=INTERPRETED, FRAME=frame is not None,
     )
-    return index
+    return index, best
 
 
 def winner_distance_blocks(d: int) -> dict:
