@@ -11,7 +11,10 @@
 #include "launchers.h"
 
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <vector>
 #include <type_traits>
 
 namespace patchvq::cuda {
@@ -38,8 +41,11 @@ template <typename scalar_t, typename acc_t, int kPerThread = per_thread<acc_t>(
 __global__ void __launch_bounds__(kThreads, 1) search_kernel(
     const scalar_t* __restrict__ x, const int64_t* __restrict__ row_offsets, int64_t stride_xn, int64_t stride_xd,
     const scalar_t* __restrict__ codebook, int64_t stride_ck, int64_t stride_cd, const acc_t* __restrict__ code_norms,
-    int64_t n, int64_t k, int64_t d, int64_t* __restrict__ index) {
+    const acc_t* __restrict__ frame, int64_t n, int64_t k, int64_t d, int64_t* __restrict__ index,
+    acc_t* __restrict__ best_score) {
   constexpr int kTileRows = kSide * kPerThread;
+  // Rows enter as x * scale - shift[dim] with a frame, as they are without.
+  const acc_t scale = frame != nullptr ? frame[d] : acc_t(1);
   constexpr int kTileCodes = kTileRows;
   // Depth-major tiles, padded by one so the transposing stores do not collide in one bank.
   __shared__ acc_t x_tile[kTileDepth][kTileRows + 1];
@@ -65,9 +71,12 @@ __global__ void __launch_bounds__(kThreads, 1) search_kernel(
         const int64_t row = row0 + r;
         const int64_t code = k0 + r;
         const int64_t dim = d0 + c;
-        x_tile[c][r] = (row < n && dim < d)
-                           ? static_cast<acc_t>(x[row_start(row_offsets, row, stride_xn) + dim * stride_xd])
-                           : acc_t(0);
+        acc_t value = acc_t(0);
+        if (row < n && dim < d) {
+          value = static_cast<acc_t>(x[row_start(row_offsets, row, stride_xn) + dim * stride_xd]);
+          if (frame != nullptr) value = value * scale - frame[dim];
+        }
+        x_tile[c][r] = value;
         code_tile[c][r] = (code < k && dim < d) ? static_cast<acc_t>(codebook[code * stride_ck + dim * stride_cd])
                                                 : acc_t(0);
       }
@@ -118,7 +127,10 @@ __global__ void __launch_bounds__(kThreads, 1) search_kernel(
       }
     }
     const int64_t row = row0 + ty + kSide * i;
-    if (tx == 0 && row < n) index[row] = idx;
+    if (tx == 0 && row < n) {
+      index[row] = idx;
+      best_score[row] = value;
+    }
   }
 }
 
@@ -162,8 +174,35 @@ bool parse_cosine(c10::string_view metric) {
   return metric == "cosine";
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> search_inputs(const at::Tensor& x, const at::Tensor& codebook,
-                                                             bool cosine, int64_t feature_dim) {
+// Rows along dim scaled to unit norm whatever their scale (the largest |value| divided out
+// first); an all-zero row stays zero. As patchvq.reference's normalize.
+at::Tensor unit_rows(const at::Tensor& t, int64_t dim) {
+  const at::Tensor largest = t.abs().amax({dim}, true);
+  const at::Tensor scaled = t / at::where(largest > 0, largest, at::ones_like(largest));
+  const double tiny = t.scalar_type() == at::kDouble ? std::numeric_limits<double>::min()
+                                                     : double(std::numeric_limits<float>::min());
+  return scaled / scaled.norm(2, {dim}, true).clamp_min(tiny);
+}
+
+// The nearest code of each row of rows[F, D] by direct squared differences after one
+// power-of-two scaling per row that keeps them in range; ties to the smallest index.
+at::Tensor far_rows_nearest(const at::Tensor& rows, const at::Tensor& codebook) {
+  const at::Tensor code_largest = codebook.abs().max();
+  at::Tensor largest = at::maximum(rows.abs().amax({1}), code_largest.expand({rows.size(0)}));
+  largest = at::where(largest > 0, largest, at::ones_like(largest));
+  const int max_exponent = rows.scalar_type() == at::kDouble ? 1021 : 125;
+  const at::Tensor exponent = std::get<1>(at::frexp(largest)).clamp_max(max_exponent);
+  const at::Tensor scale = at::ldexp(at::ones_like(largest), exponent.neg());
+  std::vector<at::Tensor> found;
+  for (int64_t i = 0; i < rows.size(0); ++i) {
+    const at::Tensor s = scale[i];
+    const at::Tensor diff = rows[i].unsqueeze(0) * s - codebook * s;
+    found.push_back(at::nan_to_num(diff.pow(2).sum(1), std::numeric_limits<double>::infinity()).argmin());
+  }
+  return at::stack(found);
+}
+
+SearchInputs search_inputs(const at::Tensor& x, const at::Tensor& codebook, bool cosine, int64_t feature_dim) {
   // The reference searches in x's accumulation type: a float64 codebook with float32 (or half)
   // x is rounded to float32, not x widened, so distances keep x's dtype as the fake kernel says.
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -171,31 +210,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> search_inputs(const at::Tensor& x
   at::Tensor xs = x.to(dtype);
   at::Tensor cb = codebook.to(dtype);
   if (cosine) {
-    xs = xs.to(acc);
-    xs = xs / xs.norm(2, {feature_dim}, true).clamp_min(1e-12);
-    cb = cb.to(acc);
-    cb = cb / cb.norm(2, {1}, true).clamp_min(1e-12);
+    xs = unit_rows(xs.to(acc), feature_dim);
+    cb = unit_rows(cb.to(acc), 1);
     // Every code ranks by 1 - 2 x.e, so a zero code counts as orthogonal (distance 1).
-    return {xs, cb, at::ones({cb.size(0)}, cb.options().dtype(acc))};
+    return {xs, cb, cb, at::ones({cb.size(0)}, cb.options().dtype(acc)), at::Tensor()};
   }
-  return {xs, cb, cb.to(acc).pow(2).sum(1)};
+  // Half inputs: their range cannot overflow float32 scores; searched as they are.
+  if (dtype != acc) return {xs, cb, cb, cb.to(acc).pow(2).sum(1), at::Tensor()};
+  const double largest = cb.numel() > 0 ? cb.abs().max().item<double>() : 0.0;
+  int exponent = 0;
+  if (largest > 0 && std::isfinite(largest)) std::frexp(largest, &exponent);
+  const int limit = acc == at::kDouble ? 1021 : 125;
+  exponent = std::clamp(exponent, -limit, limit);
+  const double scale = std::ldexp(1.0, -exponent);
+  at::Tensor shift = at::nan_to_num((cb.to(at::kDouble).mean(0) * scale).to(acc), 0.0, 0.0, 0.0);
+  at::Tensor searched = cb * scale - shift;
+  at::Tensor frame = at::cat({shift, at::full({1}, scale, shift.options())});
+  return {xs, cb, searched, searched.pow(2).sum(1), frame};
 }
 
-at::Tensor search(const at::Tensor& x, const at::Tensor& row_offsets, const at::Tensor& codebook,
-                  const at::Tensor& code_norms, cudaStream_t stream) {
+at::Tensor search(const SearchInputs& in, const at::Tensor& row_offsets, cudaStream_t stream) {
+  const at::Tensor& x = in.x;
+  const at::Tensor& codebook = in.searched;
+  const at::Tensor& code_norms = in.code_norms;
   const int64_t n = row_count(x, row_offsets);
   at::Tensor index = at::empty({n}, x.options().dtype(at::kLong));
   TORCH_CHECK_VALUE(codebook.size(0) <= (int64_t(1) << 30), "patchvq: codebook has ", codebook.size(0),
                     " codes; at most 2^30 are supported");
   if (n == 0 || search_on_tensor_cores(x, row_offsets, codebook, code_norms, index, stream)) return index;
+  at::Tensor best = at::empty({n}, code_norms.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "patchvq_search", [&] {
     using acc_t = acc_type<scalar_t>;
     search_kernel<scalar_t, acc_t><<<blocks_for(n, kSide * per_thread<acc_t>()), kThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), offsets_or_null(row_offsets), x.stride(0), x.stride(1), codebook.data_ptr<scalar_t>(),
-        codebook.stride(0), codebook.stride(1), code_norms.data_ptr<acc_t>(), n, codebook.size(0), codebook.size(1),
-        index.data_ptr<int64_t>());
+        codebook.stride(0), codebook.stride(1), code_norms.data_ptr<acc_t>(),
+        in.frame.defined() ? in.frame.data_ptr<acc_t>() : nullptr, n, codebook.size(0), codebook.size(1),
+        index.data_ptr<int64_t>(), best.data_ptr<acc_t>());
     check_launch("search_kernel");
   });
+  if (!in.frame.defined()) return index;
+  const at::Tensor far = at::isfinite(best).logical_not();
+  if (!far.any().item<bool>()) return index;
+  at::Tensor rows;
+  const at::Tensor acc_codebook = in.codebook.to(code_norms.scalar_type());
+  if (row_offsets.defined()) {
+    const at::Tensor starts = row_offsets.index({far});
+    const at::Tensor extent = (row_offsets.max() + (x.size(1) - 1) * x.stride(1) + 1).cpu();
+    const at::Tensor flat = x.as_strided({extent.item<int64_t>()}, {1});
+    rows = flat.index({starts.unsqueeze(1) + at::arange(x.size(1), starts.options()) * x.stride(1)});
+  } else {
+    rows = x.index({far});
+  }
+  index.index_put_({far}, far_rows_nearest(rows.to(code_norms.scalar_type()), acc_codebook));
   return index;
 }
 
@@ -229,9 +295,9 @@ std::tuple<at::Tensor, at::Tensor> nearest_code(const at::Tensor& x, const at::T
     check_all_finite(x, "x");
     check_all_finite(codebook, "codebook");
   }
-  auto [xs, cb, norms] = search_inputs(x, codebook, cosine, 1);
-  at::Tensor index = search(xs, at::Tensor(), cb, norms, stream);
-  return {index, winner_distance(xs, at::Tensor(), cb, index, cosine, stream)};
+  const SearchInputs in = search_inputs(x, codebook, cosine, 1);
+  at::Tensor index = search(in, at::Tensor(), stream);
+  return {index, winner_distance(in.x, at::Tensor(), in.codebook, index, cosine, stream)};
 }
 
 }  // namespace patchvq::cuda
