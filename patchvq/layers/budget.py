@@ -36,6 +36,16 @@ def spent_fraction(gate: torch.Tensor, costs: list[int], richness: torch.Tensor 
     simple patches and at face value in rich ones. Differentiable in gate (the router's
     straight-through gate), so the loss reaches the router.
     """
+    if not isinstance(gate, torch.Tensor) or gate.dim() != 4 or gate.shape[1] != len(costs):
+        got = f"shape {tuple(gate.shape)}" if isinstance(gate, torch.Tensor) else f"a {type(gate).__name__}"
+        raise ValueError(f"patchvq: gate must be [B, L, Hc, Wc] with L = {len(costs)} levels, got {got}")
+    if richness is not None and (
+        not isinstance(richness, torch.Tensor) or tuple(richness.shape) != (gate.shape[0], *gate.shape[2:])
+    ):
+        got = f"shape {tuple(richness.shape)}" if isinstance(richness, torch.Tensor) else f"a {type(richness).__name__}"
+        raise ValueError(
+            f"patchvq: richness must be [B, Hc, Wc] = {(gate.shape[0], *gate.shape[2:])} (one value per patch), got {got}"
+        )
     n = torch.tensor(costs, dtype=gate.dtype, device=gate.device)[None, :, None, None]
     cost = n / costs[0]
     if richness is not None:
@@ -49,4 +59,5 @@ def budget_loss(
 ) -> torch.Tensor:
     """Mean over images of (spent_fraction - target)^2: pushes each image's spend towards the target."""
     spent = spent_fraction(gate, costs, richness)
-    return (spent - torch.as_tensor(target, dtype=spent.dtype, device=spent.device)).pow(2).mean()
+    # Summed over images / max(B, 1): an empty batch gives 0, not NaN.
+    return (spent - torch.as_tensor(target, dtype=spent.dtype, device=spent.device)).pow(2).sum() / max(spent.shape[0], 1)
