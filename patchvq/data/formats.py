@@ -99,6 +99,8 @@ def open_dataset(
     images) always raise. ``verify``: decode every file now rather than when first read.
     ``cache``: keep the resized tensors in memory. ``workers``: threads used to decode.
     """
+    if not isinstance(format, str):
+        raise ValueError(f"format must be 'auto' or one of {sorted(FORMATS)} (a str), got {format!r}")
     name = format.lower()
     if name == "auto":
         name = detect_format(root)
