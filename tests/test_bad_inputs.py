@@ -255,3 +255,61 @@ def test_bad_options_are_named(tmp_path, kwargs, pattern):
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match=pattern):
             open_dataset(root, image_size=32, **kwargs)
+
+
+# ---- beyond the list: the same classes of input on the other public functions -----------------
+
+
+def test_context_richness_does_not_depend_on_scale_and_rejects_nan():
+    from patchvq.layers.context_richness import context_richness
+
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    base = context_richness(images, 8)
+    for scale in (1e30, 1e-30):
+        torch.testing.assert_close(context_richness(images * scale, 8), base, rtol=1e-5, atol=1e-6)
+    assert context_richness(images[:, :, :0], 8).shape == (2, 0, 2)
+    images[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="images contain NaN or Inf"):
+        context_richness(images, 8)
+
+
+@pytest.mark.parametrize("progress", [float("nan"), "0.5", -0.1, 1.5, None])
+def test_progress_must_be_a_number_in_range(progress):
+    with pytest.raises(ValueError, match=r"progress must be a number in \[0, 1\]"):
+        layer().set_progress(progress)
+    with pytest.raises(ValueError, match=r"progress must be a number in \[0, 1\]"):
+        budget.budget_target(progress)
+
+
+@pytest.mark.parametrize("target", [float("nan"), "x", 2.0])
+def test_budget_target_override_is_checked(target):
+    with pytest.raises(ValueError, match=r"budget_target must be a number in \[0, 1\]"):
+        layer()(torch.randn(1, 4, 4, 4), budget_target=target)
+
+
+@pytest.mark.parametrize(("settings", "pattern"), [
+    ({"temperature_end": 0.0}, "temperature_end must be"),
+    ({"rho_final": 1.5}, "rho_final must be"),
+    ({"budget_weight": float("nan")}, "budget_weight must be"),
+    ({"router_hidden": 0}, "router_hidden must be"),
+    ({"temprature_end": 0.3}, "unknown PatchVQ settings"),
+])
+def test_patch_vq_settings_are_checked(settings, pattern):
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        PatchVQ(4, (1, 2), **settings)
+
+
+def test_patch_vq_on_huge_features_gives_no_nan():
+    vq = layer()
+    out = vq(torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1)) * 1e30)
+    assert not torch.isnan(out.loss.commitment) and torch.isfinite(vq.codebook.weight).all()
+    assert torch.isfinite(out.z_q).all()
+
+
+def test_open_dataset_checks_root_split_and_on_error_first(tmp_path):
+    with pytest.raises(ValueError, match="root must be a folder path"):
+        open_dataset(None)
+    with pytest.raises(ValueError, match="split must be one of"):
+        open_dataset(tmp_path, split=None)
+    with pytest.raises(ValueError, match="on_error must be one of"):
+        open_dataset(tmp_path, on_error="ignore")

@@ -1,5 +1,7 @@
 """The progressive budget: codes spent per patch, the falling target, the context-richness weighting."""
 
+import numbers
+
 import torch
 
 from patchvq.layers.context_richness import context_richness
@@ -8,9 +10,18 @@ from patchvq.layers.context_richness import context_richness
 def budget_target(progress: torch.Tensor | float, rho_final: float = 0.4, ramp: float = 0.5) -> torch.Tensor:
     """Target spent fraction at training progress in [0, 1]: 1.0 falling linearly to rho_final over
     the first `ramp` of training, then constant. A tensor, so a compiled graph reads it as data."""
+    _check_progress(progress)
     progress = torch.as_tensor(progress, dtype=torch.float32)
     fall = (progress / ramp).clamp(0.0, 1.0) if ramp > 0 else torch.ones_like(progress)
     return 1.0 - (1.0 - rho_final) * fall
+
+
+def _check_progress(progress) -> None:
+    """A Python number must be a real in [0, 1] (tensors are checked where they are set)."""
+    if isinstance(progress, torch.Tensor):
+        return
+    if isinstance(progress, bool) or not isinstance(progress, numbers.Real) or not 0.0 <= progress <= 1.0:
+        raise ValueError(f"patchvq: progress must be a number in [0, 1], got {progress!r}")
 
 
 def level_costs(factors: list[int]) -> list[int]:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import math
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -105,7 +106,13 @@ class PatchVQ(torch.nn.Module):
         _check_positive_int(dim, "dim")
         if code_dim is not None:
             _check_positive_int(code_dim, "code_dim")
+        if config is not None and not isinstance(config, PatchVQConfig):
+            raise TypeError(f"patchvq: config must be a PatchVQConfig, got {type(config).__name__}")
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(PatchVQConfig)})
+        if unknown:
+            raise TypeError(f"patchvq: unknown PatchVQ settings {unknown}; the settings are PatchVQConfig's fields")
         self.config = dataclasses.replace(config or PatchVQConfig(), **settings)
+        _check_config(self.config)
         self.strides = _check_strides(levels)
         self.factors = [s // self.strides[0] for s in self.strides]
         self.dim = dim
@@ -130,8 +137,10 @@ class PatchVQ(torch.nn.Module):
 
     def set_progress(self, progress: float) -> None:
         """Training progress in [0, 1] (step / total steps): sets the Gumbel temperature and budget target."""
-        if not 0.0 <= progress <= 1.0:
-            raise ValueError(f"patchvq: progress must be in [0, 1], got {progress!r}")
+        if isinstance(progress, torch.Tensor) and progress.numel() == 1:
+            progress = float(progress)
+        if isinstance(progress, bool) or not isinstance(progress, numbers.Real) or not 0.0 <= progress <= 1.0:
+            raise ValueError(f"patchvq: progress must be a number in [0, 1], got {progress!r}")
         self.progress.fill_(progress)
 
     def temperature(self) -> torch.Tensor:
@@ -224,6 +233,9 @@ class PatchVQ(torch.nn.Module):
         return PatchVQOutput(self.project_out(z_q), choice, indices, loss, usage, logits, distance)
 
     def _target(self, override, gate: torch.Tensor) -> torch.Tensor:
+        if override is not None and not isinstance(override, torch.Tensor):
+            if isinstance(override, bool) or not isinstance(override, numbers.Real) or not 0.0 <= override <= 1.0:
+                raise ValueError(f"patchvq: budget_target must be a number in [0, 1], got {override!r}")
         target = self.budget_target() if override is None else torch.as_tensor(override)
         return target.to(device=gate.device, dtype=gate.dtype)
 
@@ -235,7 +247,7 @@ class PatchVQ(torch.nn.Module):
         for row, index, factor in zip(rows, indices, self.factors):
             flat = index.reshape(-1)
             error = (row.float() - codes[flat.clamp_min(0)].float()).pow(2).mean(1)
-            total = total + (error * (flat >= 0)).sum() * factor**2
+            total = total + torch.where(flat >= 0, error, torch.zeros_like(error)).sum() * factor**2
         return self.config.commitment_weight * total / max(batch * fine_h * fine_w, 1)
 
 
@@ -260,6 +272,24 @@ def _pooling_conv(dim: int, factor: int) -> torch.nn.Conv2d:
         conv.weight[torch.arange(dim), torch.arange(dim)] = 1.0 / factor**2
         conv.bias.zero_()
     return conv
+
+
+def _check_config(cfg: PatchVQConfig) -> None:
+    """The numeric settings PatchVQ itself uses (the codebook checks its own)."""
+    def number(name, low, high=math.inf, low_open=False):
+        v = getattr(cfg, name)
+        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and (v > low if low_open else v >= low) and v <= high
+        if not ok:
+            bounds = f"{'(' if low_open else '['}{low}, {high}{']' if high < math.inf else ')'}"
+            raise ValueError(f"patchvq: {name} must be a number in {bounds}, got {v!r}")
+
+    number("temperature_start", 0.0, low_open=True)
+    number("temperature_end", 0.0, low_open=True)
+    number("rho_final", 0.0, 1.0)
+    number("budget_ramp", 0.0, 1.0)
+    number("budget_weight", 0.0)
+    number("commitment_weight", 0.0)
+    _check_positive_int(cfg.router_hidden, "router_hidden")
 
 
 def _check_positive_int(value, name: str) -> None:
