@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from patchvq.reference.nearest_code import accumulate_dtype, far_row_nearest, normalize, search_frame
+from patchvq.reference.nearest_code import accumulate_dtype, normalize, search_frame
 from patchvq.reference.nearest_code import check_finite as check_finite_values
 from patchvq.reference.patch_assign import chosen_cells, level_factors
 from patchvq.triton import code_stats as code_stats_kernel
@@ -43,7 +43,8 @@ def _search_inputs(
     it; mixed ones in x's accumulation dtype, as the reference does (a float64 codebook meets
     float32 x as float32). float32/float64 L2 searches score in the codebook's frame
     (reference.search_frame): the searched codebook is codebook * scale - shift and frame holds
-    [shift..., scale] for the kernel to bring x rows there; distances use the codebook itself."""
+    scale and shift (search_kernel.frame_buffer) for the kernel to bring x rows there; distances
+    use the codebook itself."""
     acc = accumulate_dtype(x.dtype)
     dtype = x.dtype if codebook.dtype == x.dtype else acc
     x, codebook = x.to(dtype), codebook.to(dtype)
@@ -56,18 +57,8 @@ def _search_inputs(
         return x, codebook, codebook, codebook.to(acc).pow(2).sum(1), None
     scale, shift = search_frame(codebook)
     searched = codebook * scale - shift
-    frame = torch.cat([shift, shift.new_full((1,), scale)])
+    frame = search_kernel.frame_buffer(shift, scale)
     return x, codebook, searched, searched.pow(2).sum(1), frame
-
-
-def _settle_far_rows(index: torch.Tensor, best: torch.Tensor, rows, codebook: torch.Tensor) -> torch.Tensor:
-    """index with the rows whose best score left the dtype's range (rows so far from the codebook,
-    relative to its scale, that the scores overflow) searched again by direct differences;
-    rows() gives the searched rows [N, D]."""
-    far = ~torch.isfinite(best)
-    if bool(far.any()):
-        index[far] = far_row_nearest(rows()[far], codebook).to(index.device)
-    return index
 
 
 @torch.library.custom_op(f"{NAMESPACE}::nearest_code", mutates_args=())
@@ -81,7 +72,8 @@ def nearest_code(
     xs, cb, searched, norms, frame = _search_inputs(x, codebook, metric)
     with torch.cuda.device_of(x):
         index, best = search_kernel.search(xs, searched, norms, frame=frame)
-        index = _settle_far_rows(index, best, lambda: xs.to(norms.dtype), cb.to(norms.dtype))
+        if frame is not None:
+            search_kernel.settle_far_rows(xs, cb, frame, best, index)
         return index, search_kernel.winner_distance(xs, cb, index, metric == "cosine")
 
 
@@ -130,10 +122,8 @@ def _patch_assign(
         level_distance = torch.zeros(chosen.shape, dtype=distance.dtype, device=fine.device)
         if cells.numel():
             found, best = search_kernel.search(feats, searched, norms, offsets, frame)
-            found = _settle_far_rows(
-                found, best, lambda: feats.movedim(1, -1).reshape(-1, feats.shape[1])[cells].to(norms.dtype),
-                cb.to(norms.dtype),
-            )
+            if frame is not None:
+                search_kernel.settle_far_rows(feats, cb, frame, best, found, offsets)
             index.view(-1)[cells] = found
             level_distance.view(-1)[cells] = search_kernel.winner_distance(
                 feats, cb, found, metric == "cosine", offsets
