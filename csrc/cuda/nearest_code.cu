@@ -134,6 +134,44 @@ __global__ void __launch_bounds__(kThreads, 1) search_kernel(
   }
 }
 
+// Rows whose best score left acc_t's range (so far from the codebook, relative to its scale,
+// that the scores overflow in any frame): one thread per row searches every code again by
+// direct squared differences, all values first scaled by the power of two that brings the row's
+// and the codebook's largest |value| below 1; ties to the smallest code, NaN never wins. Rows
+// with a finite best return at once, so the kernel costs one read of best per row otherwise.
+template <typename acc_t>
+__global__ void far_rows_kernel(const acc_t* __restrict__ x, const int64_t* __restrict__ row_offsets,
+                                int64_t stride_xn, int64_t stride_xd, const acc_t* __restrict__ codebook,
+                                int64_t stride_ck, int64_t stride_cd, const acc_t* __restrict__ frame, int64_t n,
+                                int64_t k, int64_t d, const acc_t* __restrict__ best, int64_t* __restrict__ index) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= n || isfinite(best[row])) return;
+  const acc_t* v = x + row_start(row_offsets, row, stride_xn);
+  acc_t largest = 0;
+  for (int64_t j = 0; j < d; ++j) largest = fmax(largest, fabs(v[j * stride_xd]));
+  // frame[d] = 2^-e with e the codebook's largest |value|'s exponent.
+  int exponent = -ilogb(frame[d]);
+  if (largest > 0 && isfinite(largest)) {
+    int row_exponent;
+    frexp(largest, &row_exponent);
+    exponent = max(exponent, row_exponent);
+  }
+  int64_t winner = 0;
+  acc_t winner_total = static_cast<acc_t>(INFINITY);
+  for (int64_t c = 0; c < k; ++c) {
+    acc_t total = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      const acc_t diff = ldexp(v[j * stride_xd], -exponent) - ldexp(codebook[c * stride_ck + j * stride_cd], -exponent);
+      total += diff * diff;
+    }
+    if (total < winner_total) {
+      winner_total = total;
+      winner = c;
+    }
+  }
+  index[row] = winner;
+}
+
 constexpr int kWarpsPerBlock = 8;
 
 // One warp per row: lanes stride over D, then a shuffle sum.
@@ -184,24 +222,6 @@ at::Tensor unit_rows(const at::Tensor& t, int64_t dim) {
   return scaled / scaled.norm(2, {dim}, true).clamp_min(tiny);
 }
 
-// The nearest code of each row of rows[F, D] by direct squared differences after one
-// power-of-two scaling per row that keeps them in range; ties to the smallest index.
-at::Tensor far_rows_nearest(const at::Tensor& rows, const at::Tensor& codebook) {
-  const at::Tensor code_largest = codebook.abs().max();
-  at::Tensor largest = at::maximum(rows.abs().amax({1}), code_largest.expand({rows.size(0)}));
-  largest = at::where(largest > 0, largest, at::ones_like(largest));
-  const int max_exponent = rows.scalar_type() == at::kDouble ? 1021 : 125;
-  const at::Tensor exponent = std::get<1>(at::frexp(largest)).clamp_max(max_exponent);
-  const at::Tensor scale = at::ldexp(at::ones_like(largest), exponent.neg());
-  std::vector<at::Tensor> found;
-  for (int64_t i = 0; i < rows.size(0); ++i) {
-    const at::Tensor s = scale[i];
-    const at::Tensor diff = rows[i].unsqueeze(0) * s - codebook * s;
-    found.push_back(at::nan_to_num(diff.pow(2).sum(1), std::numeric_limits<double>::infinity()).argmin());
-  }
-  return at::stack(found);
-}
-
 SearchInputs search_inputs(const at::Tensor& x, const at::Tensor& codebook, bool cosine, int64_t feature_dim) {
   // The reference searches in x's accumulation type: a float64 codebook with float32 (or half)
   // x is rounded to float32, not x widened, so distances keep x's dtype as the fake kernel says.
@@ -217,15 +237,16 @@ SearchInputs search_inputs(const at::Tensor& x, const at::Tensor& codebook, bool
   }
   // Half inputs: their range cannot overflow float32 scores; searched as they are.
   if (dtype != acc) return {xs, cb, cb, cb.to(acc).pow(2).sum(1), at::Tensor()};
-  const double largest = cb.numel() > 0 ? cb.abs().max().item<double>() : 0.0;
-  int exponent = 0;
-  if (largest > 0 && std::isfinite(largest)) std::frexp(largest, &exponent);
+  // Computed on the device (no host sync): exponent e of the largest |value| (0 for none or a
+  // non-finite one, reported by the finiteness check), kept where 2^-e is a normal acc_t.
   const int limit = acc == at::kDouble ? 1021 : 125;
-  exponent = std::clamp(exponent, -limit, limit);
-  const double scale = std::ldexp(1.0, -exponent);
-  at::Tensor shift = at::nan_to_num((cb.to(at::kDouble).mean(0) * scale).to(acc), 0.0, 0.0, 0.0);
+  at::Tensor largest = cb.abs().amax();
+  largest = at::where(at::isfinite(largest).logical_and(largest > 0), largest, at::ones_like(largest));
+  const at::Tensor exponent = std::get<1>(at::frexp(largest)).clamp(-limit, limit);
+  const at::Tensor scale = at::ldexp(at::ones_like(largest), exponent.neg());  // [], acc
+  at::Tensor shift = at::nan_to_num((cb.to(at::kDouble).mean(0) * scale.to(at::kDouble)).to(acc), 0.0, 0.0, 0.0);
   at::Tensor searched = cb * scale - shift;
-  at::Tensor frame = at::cat({shift, at::full({1}, scale, shift.options())});
+  at::Tensor frame = at::cat({shift, scale.reshape({1})});
   return {xs, cb, searched, searched.pow(2).sum(1), frame};
 }
 
@@ -249,19 +270,14 @@ at::Tensor search(const SearchInputs& in, const at::Tensor& row_offsets, cudaStr
     check_launch("search_kernel");
   });
   if (!in.frame.defined()) return index;
-  const at::Tensor far = at::isfinite(best).logical_not();
-  if (!far.any().item<bool>()) return index;
-  at::Tensor rows;
-  const at::Tensor acc_codebook = in.codebook.to(code_norms.scalar_type());
-  if (row_offsets.defined()) {
-    const at::Tensor starts = row_offsets.index({far});
-    const at::Tensor extent = (row_offsets.max() + (x.size(1) - 1) * x.stride(1) + 1).cpu();
-    const at::Tensor flat = x.as_strided({extent.item<int64_t>()}, {1});
-    rows = flat.index({starts.unsqueeze(1) + at::arange(x.size(1), starts.options()) * x.stride(1)});
-  } else {
-    rows = x.index({far});
-  }
-  index.index_put_({far}, far_rows_nearest(rows.to(code_norms.scalar_type()), acc_codebook));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "patchvq_far_rows", [&] {
+    constexpr int kFarThreads = 128;
+    far_rows_kernel<scalar_t><<<blocks_for(n, kFarThreads), kFarThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), offsets_or_null(row_offsets), x.stride(0), x.stride(1),
+        in.codebook.data_ptr<scalar_t>(), in.codebook.stride(0), in.codebook.stride(1), in.frame.data_ptr<scalar_t>(),
+        n, codebook.size(0), codebook.size(1), best.data_ptr<scalar_t>(), index.data_ptr<int64_t>());
+    check_launch("far_rows_kernel");
+  });
   return index;
 }
 
