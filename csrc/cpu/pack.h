@@ -103,22 +103,29 @@ class SearchFrame {
     const int64_t d = codebook.cols;
     std::fill(shift_.get(), shift_.get() + std::max<int64_t>(d, 1), acc_t(0));
     if (metric != Metric::L2 || codebook.rows == 0) return;
-    // Column sums (double) and the largest |value|, threads over code chunks.
-    std::vector<double> sum(d, 0.0);
+    // Column sums (double), column ranges and the largest |value|, threads over code chunks.
+    constexpr double kInf = std::numeric_limits<double>::infinity();
+    std::vector<double> sum(d, 0.0), low(d, kInf), high(d, -kInf);
     double largest = 0;
     std::mutex merge;
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(d, 1));
     at::parallel_for(0, codebook.rows, grain, [&](int64_t begin, int64_t end) {
-      std::vector<double> local(d, 0.0);
+      std::vector<double> local(d, 0.0), local_low(d, kInf), local_high(d, -kInf);
       double local_largest = 0;
       for (int64_t c = begin; c < end; ++c)
         for (int64_t j = 0; j < d; ++j) {
           const double v = static_cast<double>(static_cast<acc_t>(codebook.at(c, j)));
           local[j] += v;
-          local_largest = std::max(local_largest, std::abs(v));  // NaN: ignored, reported by packing
+          local_low[j] = std::min(local_low[j], v);  // NaN: ignored, reported by packing
+          local_high[j] = std::max(local_high[j], v);
+          local_largest = std::max(local_largest, std::abs(v));
         }
       std::lock_guard<std::mutex> lock(merge);
-      for (int64_t j = 0; j < d; ++j) sum[j] += local[j];
+      for (int64_t j = 0; j < d; ++j) {
+        sum[j] += local[j];
+        low[j] = std::min(low[j], local_low[j]);
+        high[j] = std::max(high[j], local_high[j]);
+      }
       largest = std::max(largest, local_largest);
     });
     if (!std::isfinite(largest)) return;  // an Inf code: packing reports it
@@ -129,9 +136,18 @@ class SearchFrame {
     exponent = std::clamp(exponent, -kMaxExponent, kMaxExponent);
     scale_ = std::ldexp(acc_t(1), -exponent);
     exponent_ = exponent;
+    // The shift is the mean rounded to a multiple of q = 2^(e - 5), e the exponent of the widest
+    // column range (in scaled units): within r/32 of the mean, so the precision is the same, and
+    // with few bits, so inputs of few bits (small integers) keep exact scores and exact ties.
+    double range = 0;
+    for (int64_t j = 0; j < d; ++j) range = std::max(range, std::ldexp(high[j] - low[j], -exponent));
+    if (!(range > 0) || !std::isfinite(range)) return;  // all codes equal: no shift needed
+    int range_exponent;
+    std::frexp(range, &range_exponent);
+    const int quantum = range_exponent - 5;
     for (int64_t j = 0; j < d; ++j) {
-      const double mean = sum[j] / static_cast<double>(codebook.rows);
-      shift_.get()[j] = static_cast<acc_t>(std::ldexp(mean, -exponent));
+      const double mean = std::ldexp(sum[j] / static_cast<double>(codebook.rows), -exponent);
+      shift_.get()[j] = static_cast<acc_t>(std::ldexp(std::nearbyint(std::ldexp(mean, -quantum)), quantum));
       if (!std::isfinite(shift_.get()[j])) shift_.get()[j] = 0;
     }
   }

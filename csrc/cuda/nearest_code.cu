@@ -244,7 +244,17 @@ SearchInputs search_inputs(const at::Tensor& x, const at::Tensor& codebook, bool
   largest = at::where(at::isfinite(largest).logical_and(largest > 0), largest, at::ones_like(largest));
   const at::Tensor exponent = std::get<1>(at::frexp(largest)).clamp(-limit, limit);
   const at::Tensor scale = at::ldexp(at::ones_like(largest), exponent.neg());  // [], acc
-  at::Tensor shift = at::nan_to_num((cb.to(at::kDouble).mean(0) * scale.to(at::kDouble)).to(acc), 0.0, 0.0, 0.0);
+  // The mean rounded to a multiple of 2^(e - 5), e the exponent of the widest column range, as
+  // patchvq.reference.search_frame (exact inputs of few bits keep exact ties); none if all equal.
+  const at::Tensor cb64 = cb.to(at::kDouble);
+  const at::Tensor scale64 = scale.to(at::kDouble);
+  at::Tensor spread = ((cb64.amax({0}) - cb64.amin({0})) * scale64).amax();
+  const at::Tensor spread_ok = at::isfinite(spread).logical_and(spread > 0);
+  spread = at::where(spread_ok, spread, at::ones_like(spread));
+  const at::Tensor quantum = at::ldexp(at::ones_like(spread), std::get<1>(at::frexp(spread)) - 5);
+  at::Tensor mean = at::round(cb64.mean(0) * scale64 / quantum) * quantum;
+  mean = at::where(spread_ok, mean, at::zeros_like(mean));
+  at::Tensor shift = at::nan_to_num(mean.to(acc), 0.0, 0.0, 0.0);
   at::Tensor searched = cb * scale - shift;
   at::Tensor frame = at::cat({shift, scale.reshape({1})});
   return {xs, cb, searched, searched.pow(2).sum(1), frame};

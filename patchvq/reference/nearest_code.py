@@ -36,14 +36,23 @@ def _max_exponent(dtype: torch.dtype) -> int:
 def search_frame(codebook: torch.Tensor) -> tuple[float, torch.Tensor]:
     """(scale, shift) of the L2 search: values enter as v * scale - shift. scale is the power of
     two bringing the codebook's largest |value| into [0.5, 1) (so scores cannot overflow or
-    underflow), shift the codebook's mean in those units (so a large common offset costs no
-    precision). Neither changes which code is nearest; the kernels use the same frame."""
+    underflow), shift the codebook's mean in those units rounded to a few bits (so a large common
+    offset costs no precision and inputs of few bits keep exact ties). Neither changes which code
+    is nearest; the kernels use the same frame."""
     largest = float(codebook.detach().abs().max()) if codebook.numel() else 0.0
     exponent = math.frexp(largest)[1] if 0 < largest < math.inf else 0
     limit = _max_exponent(codebook.dtype) - 2
     exponent = min(max(exponent, -limit), limit)
     scale = math.ldexp(1.0, -exponent)
-    shift = (codebook.detach().double().mean(0) * scale).to(codebook.dtype)
+    cb = codebook.detach().double()
+    # The mean rounded to a multiple of 2^(e - 5), e the exponent of the widest column range (in
+    # scaled units): as precise as the mean, and with few bits, so inputs of few bits (small
+    # integers) keep exact scores and exact ties. No shift when every code is the same.
+    spread = float(((cb.amax(0) - cb.amin(0)) * scale).max()) if cb.numel() else 0.0
+    if not 0 < spread < math.inf:
+        return scale, torch.zeros(codebook.shape[1], dtype=codebook.dtype, device=codebook.device)
+    quantum = math.ldexp(1.0, math.frexp(spread)[1] - 5)
+    shift = (torch.round(cb.mean(0) * scale / quantum) * quantum).to(codebook.dtype)
     return scale, torch.nan_to_num(shift, nan=0.0, posinf=0.0, neginf=0.0)
 
 
