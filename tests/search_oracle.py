@@ -28,16 +28,22 @@ def exact_distances(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> tor
 
 def score_bound(x: torch.Tensor, codebook: torch.Tensor, metric: str, dtype: torch.dtype) -> torch.Tensor:
     """Float64 [N]: how far rounding in `dtype` can move the difference of two of a row's scores
-    ||e||^2 - 2 x.e, from the worst-case error of D-term dot products in that dtype (with a 2x margin)."""
+    ||e||^2 - 2 x.e, from the worst-case error of D-term dot products in that dtype (with a 2x margin).
+
+    L2 searches score relative to the codebook's mean m (the search frame), so the norms are
+    those of x - m and e - m: a common offset of x and the codebook costs no precision."""
     eps = torch.finfo(dtype).eps
     d = x.shape[1]
     if metric == "l2":
-        x_norm = x.double().norm(dim=1)
-        e_norm = codebook.double().norm(dim=1).max()
+        centre = codebook.double().mean(0) if codebook.shape[0] else 0.0
+        x_norm = (x.double() - centre).norm(dim=1)
+        e_norm = (codebook.double() - centre).norm(dim=1).max()
     else:
         x_norm = torch.ones(x.shape[0], dtype=torch.float64)
         e_norm = torch.tensor(1.0, dtype=torch.float64)
-    return 4.0 * (d + 2) * eps * (e_norm**2 + 2.0 * x_norm * e_norm + x_norm**2)
+    # The frame's own roundings (x - m and e - m, each within eps/2 of the centred value) are
+    # covered by the same form; tiny keeps the bound positive for identical rows.
+    return 4.0 * (d + 2) * eps * (e_norm**2 + 2.0 * x_norm * e_norm + x_norm**2) + torch.finfo(dtype).tiny
 
 
 def distance_tolerance(x: torch.Tensor, codes: torch.Tensor, metric: str, dtype: torch.dtype) -> torch.Tensor:

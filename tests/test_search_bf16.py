@@ -107,9 +107,20 @@ def test_adversarial_ranking_needs_the_bound(cpu):
     assert_same(index, distance, expected_index, expected_distance)
 
 
-def test_huge_values_fall_back(cpu):
+def test_huge_values_are_searched_in_range(cpu):
+    # The search frame scales the codebook's largest value below 1: 1e18 inputs score in bfloat16.
     g = torch.Generator().manual_seed(8)
     x, codebook = torch.randn(200, 32, generator=g) * 1e18, torch.randn(1024, 32, generator=g) * 1e18
+    index, distance, stats, expected_index, expected_distance = search_both(cpu, x, codebook)
+    assert stats["bf16_rows"] > 150 and stats["bf16_rows"] + stats["fallback_rows"] == 200
+    assert_same(index, distance, expected_index, expected_distance)
+
+
+def test_rows_far_from_the_codebook_fall_back(cpu):
+    # Rows 1e40 times the codebook's scale overflow float32 scores in any frame: the float32
+    # kernel settles them (by direct differences), with the same result.
+    g = torch.Generator().manual_seed(9)
+    x, codebook = torch.randn(200, 32, generator=g) * 1e20, torch.randn(1024, 32, generator=g) * 1e-20
     index, distance, stats, expected_index, expected_distance = search_both(cpu, x, codebook)
     assert stats == {"bf16_rows": 0, "fallback_rows": 200}
     assert_same(index, distance, expected_index, expected_distance)

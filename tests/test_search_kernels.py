@@ -40,6 +40,15 @@ CHECK_BUILD = textwrap.dedent(
     codebook = torch.cat([base, base.flip(0), base])
     x = torch.randint(-3, 4, (150, 6), generator=g).float()
     assert torch.equal(patchvq.nearest_code(x, codebook)[0], exact_distances(x, codebook, "l2").argmin(1))
+    # The search frame: a large common offset, and values near the ends of the range.
+    x, codebook = 1000 + torch.rand(200, 64, generator=g), 1000 + torch.rand(40, 64, generator=g)
+    index, distance = patchvq.nearest_code(x, codebook)
+    assert_nearest(index, distance, x, codebook)
+    for scale, dtype in ((1e20, torch.float32), (1e-20, torch.float32), (1e200, torch.float64)):
+        x = (torch.randn(50, 16, generator=g, dtype=torch.float64) * scale).to(dtype)
+        codebook = (torch.randn(20, 16, generator=g, dtype=torch.float64) * scale).to(dtype)
+        expected = exact_distances(x.double() / scale, codebook.double() / scale, "l2").argmin(1)
+        assert torch.equal(patchvq.nearest_code(x, codebook)[0], expected), scale
     print("checked", simd)
     """
 )

@@ -155,11 +155,12 @@ def search_specializations() -> list[Specialization]:
             n, k = 1 << 20, 8192
             args = {
                 "x_ptr": Pointer(dtype), "row_offset_ptr": Pointer(torch.int64), "codebook_ptr": Pointer(dtype),
-                "code_norm_ptr": Pointer(acc_torch), "index_ptr": Pointer(torch.int64),
+                "code_norm_ptr": Pointer(acc_torch), "frame_ptr": Pointer(acc_torch), "index_ptr": Pointer(torch.int64),
+                "best_ptr": Pointer(acc_torch),
                 "N": n, "K": k, "D": d, "SIZE_CLASS": module.size_class(n, k),
                 "stride_xn": d, "stride_xd": 1, "stride_ck": d, "stride_cd": 1,
                 "GATHER": False, "ACC": acc, "UPCAST": False, "FMA_DOT": dtype == torch.float64,
-                "NAN_TO_INF": False,
+                "NAN_TO_INF": False, "FRAME": dtype in (torch.float32, torch.float64),
             }
             configs = kernel.early_config_prune(kernel.configs, args)
             for c, config in enumerate(configs):
@@ -177,6 +178,15 @@ def search_specializations() -> list[Specialization]:
                         config.num_warps, config.num_stages, aligned, tensor_cores,
                         {**tags, "variant": variant or "contiguous"},
                     ))
+        if dtype in (torch.float32, torch.float64):
+            specs.append(Specialization(
+                "nearest_code.far_rows", module._far_rows_kernel,
+                {"x_ptr": Pointer(dtype), "row_offset_ptr": Pointer(torch.int64), "codebook_ptr": Pointer(dtype),
+                 "frame_ptr": Pointer(acc_torch), "best_ptr": Pointer(acc_torch), "index_ptr": Pointer(torch.int64),
+                 "N": 1 << 20, "K": 8192, "D": 64, "stride_xn": 64, "stride_xd": 1, "stride_ck": 64, "stride_cd": 1,
+                 "GATHER": False, "ACC": acc, "BLOCK_M": 64, "BLOCK_D": 64},
+                num_warps=4, tensor_cores=False, tags={"dtype": str(dtype).removeprefix("torch.")},
+            ))
         specs.append(Specialization(
             "nearest_code.winner_distance", module._winner_distance_kernel,
             {"x_ptr": Pointer(dtype), "row_offset_ptr": Pointer(torch.int64), "codebook_ptr": Pointer(dtype),

@@ -11,7 +11,9 @@
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <new>
+#include <vector>
 
 #include "checks.h"
 
@@ -51,17 +53,116 @@ class AlignedBuffer {
   std::unique_ptr<T, Free> data_;
 };
 
-// 1 / ||row|| (1e12 for a row of norm below 1e-12, so an all-zero row stays zero), as
-// patchvq.reference's normalize; acc_t accumulates.
+// How a row is scaled to unit length: v * inverse, or for rows whose squared norm would
+// overflow or underflow acc_t, ldexp(v, exponent) * inverse (the row first brought to a largest
+// |v| in [0.5, 1), so every nonzero row becomes a unit vector whatever its scale). An all-zero
+// row stays zero. The same function as patchvq.reference's normalize.
+template <typename acc_t>
+struct RowScale {
+  acc_t inverse = 1;
+  int exponent = 0;
+  acc_t apply(acc_t v) const { return exponent == 0 ? v * inverse : std::ldexp(v, exponent) * inverse; }
+};
+
 template <typename acc_t, typename in_t>
-acc_t inverse_norm(const StridedRows<in_t>& m, int64_t i) {
+RowScale<acc_t> unit_scale(const StridedRows<in_t>& m, int64_t i) {
+  // Squared norms in this range are exact enough and far from overflow and underflow.
+  constexpr int kSafeExponent = std::numeric_limits<acc_t>::max_exponent / 2 - 8;
+  const acc_t lo = std::ldexp(acc_t(1), -kSafeExponent), hi = std::ldexp(acc_t(1), kSafeExponent);
   acc_t sum = 0;
   for (int64_t j = 0; j < m.cols; ++j) {
     acc_t v = static_cast<acc_t>(m.at(i, j));
     sum += v * v;
   }
-  return acc_t(1) / std::max(std::sqrt(sum), acc_t(1e-12));
+  if (sum >= lo && sum <= hi) return {acc_t(1) / std::sqrt(sum), 0};
+  acc_t largest = 0;
+  for (int64_t j = 0; j < m.cols; ++j) largest = std::max(largest, std::abs(static_cast<acc_t>(m.at(i, j))));
+  if (!(largest > 0) || !std::isfinite(largest)) return {acc_t(0), 0};  // zero row; NaN/Inf reported elsewhere
+  int exponent;
+  std::frexp(largest, &exponent);
+  acc_t scaled = 0;
+  for (int64_t j = 0; j < m.cols; ++j) {
+    acc_t v = std::ldexp(static_cast<acc_t>(m.at(i, j)), -exponent);
+    scaled += v * v;
+  }
+  return {acc_t(1) / std::sqrt(scaled), -exponent};
 }
+
+// The frame the L2 search scores in: every value v of column j enters the kernel as
+// v * scale - shift[j]. scale is a power of two bringing the codebook's largest |value| into
+// [0.5, 1), so squared norms and dot products cannot overflow or underflow for any finite
+// codebook, and shift is the codebook's mean in those units, so scores ||e||^2 - 2 x.e are
+// computed relative to the codebook's centre and a large common offset costs no precision.
+// Neither changes which code is nearest (translation and uniform scaling preserve the order of
+// L2 distances); the returned distances are computed from the inputs. Cosine: the identity.
+template <typename acc_t>
+class SearchFrame {
+ public:
+  template <typename in_t>
+  SearchFrame(const StridedRows<in_t>& codebook, Metric metric) : shift_(std::max<int64_t>(codebook.cols, 1)) {
+    const int64_t d = codebook.cols;
+    std::fill(shift_.get(), shift_.get() + std::max<int64_t>(d, 1), acc_t(0));
+    if (metric != Metric::L2 || codebook.rows == 0) return;
+    // Column sums (double), column ranges and the largest |value|, threads over code chunks.
+    constexpr double kInf = std::numeric_limits<double>::infinity();
+    std::vector<double> sum(d, 0.0), low(d, kInf), high(d, -kInf);
+    double largest = 0;
+    std::mutex merge;
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(d, 1));
+    at::parallel_for(0, codebook.rows, grain, [&](int64_t begin, int64_t end) {
+      std::vector<double> local(d, 0.0), local_low(d, kInf), local_high(d, -kInf);
+      double local_largest = 0;
+      for (int64_t c = begin; c < end; ++c)
+        for (int64_t j = 0; j < d; ++j) {
+          const double v = static_cast<double>(static_cast<acc_t>(codebook.at(c, j)));
+          local[j] += v;
+          local_low[j] = std::min(local_low[j], v);  // NaN: ignored, reported by packing
+          local_high[j] = std::max(local_high[j], v);
+          local_largest = std::max(local_largest, std::abs(v));
+        }
+      std::lock_guard<std::mutex> lock(merge);
+      for (int64_t j = 0; j < d; ++j) {
+        sum[j] += local[j];
+        low[j] = std::min(low[j], local_low[j]);
+        high[j] = std::max(high[j], local_high[j]);
+      }
+      largest = std::max(largest, local_largest);
+    });
+    if (!std::isfinite(largest)) return;  // an Inf code: packing reports it
+    int exponent = 0;
+    if (largest > 0) std::frexp(largest, &exponent);
+    // Keep the scale a normal acc_t (a codebook of denormals is scaled as far as that allows).
+    constexpr int kMaxExponent = std::numeric_limits<acc_t>::max_exponent - 2;
+    exponent = std::clamp(exponent, -kMaxExponent, kMaxExponent);
+    scale_ = std::ldexp(acc_t(1), -exponent);
+    exponent_ = exponent;
+    // The shift is the mean rounded to a multiple of q = 2^(e - 5), e the exponent of the widest
+    // column range (in scaled units): within r/32 of the mean, so the precision is the same, and
+    // with few bits, so inputs of few bits (small integers) keep exact scores and exact ties.
+    double range = 0;
+    for (int64_t j = 0; j < d; ++j) range = std::max(range, std::ldexp(high[j] - low[j], -exponent));
+    if (!(range > 0) || !std::isfinite(range)) return;  // all codes equal: no shift needed
+    int range_exponent;
+    std::frexp(range, &range_exponent);
+    const int quantum = range_exponent - 5;
+    for (int64_t j = 0; j < d; ++j) {
+      const double mean = std::ldexp(sum[j] / static_cast<double>(codebook.rows), -exponent);
+      shift_.get()[j] = static_cast<acc_t>(std::ldexp(std::nearbyint(std::ldexp(mean, -quantum)), quantum));
+      if (!std::isfinite(shift_.get()[j])) shift_.get()[j] = 0;
+    }
+  }
+
+  acc_t scale() const { return scale_; }
+  // Binary exponent of the codebook's largest |value| (0 for cosine or an all-zero codebook).
+  int exponent() const { return exponent_; }
+  const acc_t* shift() const { return shift_.get(); }
+  acc_t apply(acc_t v, int64_t j) const { return v * scale_ - shift_.get()[j]; }
+
+ private:
+  acc_t scale_ = 1;
+  int exponent_ = 0;
+  AlignedBuffer<acc_t> shift_;
+};
 
 // Up to `capacity` codes as panels of NR codes; panel p holds codes
 // first + p*NR .. first + p*NR + NR-1 as [D][NR], with norms[c] = ||code||^2 alongside. Lanes past
@@ -76,7 +177,8 @@ class PackedCodes {
   // Packs codebook rows first .. first+count-1 (count <= capacity); returns false when one of
   // their values is NaN or Inf.
   template <typename in_t>
-  bool fill(const StridedRows<in_t>& codebook, int64_t first, int64_t count, Metric metric) {
+  bool fill(const StridedRows<in_t>& codebook, int64_t first, int64_t count, Metric metric,
+            const SearchFrame<acc_t>& frame) {
     std::atomic<bool> finite{true};
     first_ = first;
     panels_ = (count + NR - 1) / NR;
@@ -85,7 +187,7 @@ class PackedCodes {
     at::parallel_for(0, panels_, grain, [&](int64_t p_begin, int64_t p_end) {
       bool local = true;
       for (int64_t p = p_begin; p < p_end; ++p)
-        for (int lane = 0; lane < NR; ++lane) local &= fill_lane(codebook, p, lane, count, metric);
+        for (int lane = 0; lane < NR; ++lane) local &= fill_lane(codebook, p, lane, count, metric, frame);
       if (!local) finite.store(false, std::memory_order_relaxed);
     });
     return finite.load();
@@ -105,7 +207,8 @@ class PackedCodes {
 
   // Lane `lane` of panel p: code first_ + p*NR + lane, or padding past count. False on NaN/Inf.
   template <typename in_t>
-  bool fill_lane(const StridedRows<in_t>& codebook, int64_t p, int lane, int64_t count, Metric metric) {
+  bool fill_lane(const StridedRows<in_t>& codebook, int64_t p, int lane, int64_t count, Metric metric,
+                 const SearchFrame<acc_t>& frame) {
     acc_t* panel = values_.get() + p * NR * d_;
     const int64_t slot = p * NR + lane;
     if (slot >= count) {
@@ -114,13 +217,14 @@ class PackedCodes {
       return true;
     }
     const int64_t c = first_ + slot;
-    const acc_t scale = metric == Metric::Cosine ? inverse_norm<acc_t>(codebook, c) : acc_t(1);
+    const bool cosine = metric == Metric::Cosine;
+    const RowScale<acc_t> unit = cosine ? unit_scale<acc_t>(codebook, c) : RowScale<acc_t>{};
     bool finite = true;
     acc_t norm = 0;
     for (int64_t j = 0; j < d_; ++j) {
       acc_t v = static_cast<acc_t>(codebook.at(c, j));
       finite &= (v - v) == 0;
-      v *= scale;
+      v = cosine ? unit.apply(v) : frame.apply(v, j);
       panel[j * NR + lane] = v;
       norm += v * v;
     }
@@ -130,10 +234,11 @@ class PackedCodes {
   }
 };
 
-// Rows first .. first+m-1 of x into out as [D][MR] (rows past m are zero), unit vectors for
-// cosine. Returns false when a value is NaN or Inf.
+// Rows first .. first+m-1 of x into out as [D][MR] (rows past m are zero), in the codebook's
+// search frame for L2, unit vectors for cosine. Returns false when a value is NaN or Inf.
 template <int MR, typename acc_t, typename in_t>
-bool pack_rows(const StridedRows<in_t>& x, int64_t first, int m, Metric metric, acc_t* out) {
+bool pack_rows(const StridedRows<in_t>& x, int64_t first, int m, Metric metric, const SearchFrame<acc_t>& frame,
+               acc_t* out) {
   bool finite = true;
   const int64_t d = x.cols;
   for (int r = 0; r < MR; ++r) {
@@ -141,12 +246,22 @@ bool pack_rows(const StridedRows<in_t>& x, int64_t first, int m, Metric metric, 
       for (int64_t j = 0; j < d; ++j) out[j * MR + r] = 0;
       continue;
     }
-    acc_t scale = metric == Metric::Cosine ? inverse_norm<acc_t>(x, first + r) : acc_t(1);
     const in_t* row = x.row(first + r);
+    if (metric == Metric::Cosine) {
+      const RowScale<acc_t> unit = unit_scale<acc_t>(x, first + r);
+      for (int64_t j = 0; j < d; ++j) {
+        acc_t v = static_cast<acc_t>(row[j * x.col_stride]);
+        finite &= (v - v) == 0;
+        out[j * MR + r] = unit.apply(v);
+      }
+      continue;
+    }
+    const acc_t scale = frame.scale();
+    const acc_t* shift = frame.shift();
     for (int64_t j = 0; j < d; ++j) {
       acc_t v = static_cast<acc_t>(row[j * x.col_stride]);
       finite &= (v - v) == 0;
-      out[j * MR + r] = v * scale;
+      out[j * MR + r] = v * scale - shift[j];
     }
   }
   return finite;

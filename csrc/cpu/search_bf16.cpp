@@ -151,7 +151,8 @@ void sweep_tile(int m, const uint32_t* rows, const Bf16Codes& codes, int64_t p_b
 // candidates are known (see the top of this file), index -1 for the others. Returns the count of index -1 rows; clears
 // `finite` when x holds a NaN or Inf.
 int64_t bf16_pass(const StridedRows<float>& x, int64_t begin, int64_t end, const Bf16Codes& codes,
-                  int64_t panels, const StridedRows<float>& codebook, Metric metric, int64_t chunk_rows,
+                  int64_t panels, const StridedRows<float>& codebook, const SearchFrame<float>& frame,
+                  Metric metric, int64_t chunk_rows,
                   int64_t block_panels, int64_t* index, float* distance, bool& finite) {
   const int64_t d = x.cols;
   const int64_t pairs = codes.pairs();
@@ -171,7 +172,7 @@ int64_t bf16_pass(const StridedRows<float>& x, int64_t begin, int64_t end, const
     for (int64_t t = 0; t < tiles; ++t) {
       const int m = static_cast<int>(std::min<int64_t>(MR, rows - t * MR));
       const float* tile = tiles32.get() + t * MR * d;
-      finite &= pack_rows<MR>(x, first + t * MR, m, metric, tiles32.get() + t * MR * d);
+      finite &= pack_rows<MR>(x, first + t * MR, m, metric, frame, tiles32.get() + t * MR * d);
       uint32_t* out = packed.get() + t * MR * pairs;
       for (int64_t j = 0; j < pairs; ++j)
         for (int r = 0; r < MR; ++r)
@@ -234,7 +235,8 @@ int64_t bf16_pass(const StridedRows<float>& x, int64_t begin, int64_t end, const
 
 // The float32 kernel on the rows whose index is -1, kFallbackRows at a time.
 void float32_fallback(const StridedRows<float>& x, const PackedCodes<float, NR>& codes,
-                      const StridedRows<float>& codebook, Metric metric, int64_t* index, float* distance) {
+                      const StridedRows<float>& codebook, const SearchFrame<float>& frame, Metric metric,
+                      int64_t* index, float* distance) {
   const int64_t d = x.cols;
   AlignedBuffer<float> rows(kFallbackRows * d);
   AlignedBuffer<int64_t> where(kFallbackRows);
@@ -242,7 +244,7 @@ void float32_fallback(const StridedRows<float>& x, const PackedCodes<float, NR>&
   AlignedBuffer<float> found_distance(kFallbackRows);
   int64_t m = 0;
   const auto flush = [&] {
-    search_pass<Avx512Search>(StridedRows<float>{rows.get(), m, d, d, 1}, codes, codebook, metric, true, true,
+    search_pass<Avx512Search>(StridedRows<float>{rows.get(), m, d, d, 1}, codes, codebook, frame, metric, true, true,
                               found.get(), found_distance.get());
     for (int64_t r = 0; r < m; ++r) {
       index[where.get()[r]] = found.get()[r];
@@ -266,7 +268,8 @@ void search_bf16(const StridedRows<float>& x, const StridedRows<float>& codebook
   static_assert(Avx512Search::NR == NR, "the fallback reuses the float32 panels");
   const int64_t d = x.cols;
   PackedCodes<float, NR> float_codes(codebook.rows, d);
-  const bool codes_finite = float_codes.fill(codebook, 0, codebook.rows, metric);
+  const SearchFrame<float> frame(codebook, metric);
+  const bool codes_finite = float_codes.fill(codebook, 0, codebook.rows, metric, frame);
   TORCH_CHECK_VALUE(!check_finite || codes_finite, "patchvq: codebook contains NaN or Inf (shape [", codebook.rows,
                     ", ", codebook.cols, "])");
   const Bf16Codes codes(float_codes);
@@ -279,13 +282,13 @@ void search_bf16(const StridedRows<float>& x, const StridedRows<float>& codebook
   std::atomic<int64_t> ambiguous{0};
   at::parallel_for(0, x.rows, grain, [&](int64_t begin, int64_t end) {
     bool finite = true;
-    ambiguous += bf16_pass(x, begin, end, codes, float_codes.panels(), codebook, metric, chunk_rows, block_panels,
+    ambiguous += bf16_pass(x, begin, end, codes, float_codes.panels(), codebook, frame, metric, chunk_rows, block_panels,
                            index, distance, finite);
     if (!finite) x_finite.store(false, std::memory_order_relaxed);
   });
   TORCH_CHECK_VALUE(!check_finite || x_finite.load(), "patchvq: x contains NaN or Inf (shape [", x.rows, ", ",
                     x.cols, "])");
-  if (ambiguous.load() > 0) float32_fallback(x, float_codes, codebook, metric, index, distance);
+  if (ambiguous.load() > 0) float32_fallback(x, float_codes, codebook, frame, metric, index, distance);
   last_search_stats() = {x.rows - ambiguous.load(), ambiguous.load()};
 }
 

@@ -61,11 +61,43 @@ acc_t exact_distance(const StridedRows<in_t>& x, int64_t i, const StridedRows<in
     }
     return total;
   }
-  const acc_t x_scale = inverse_norm<acc_t>(x, i);
-  const acc_t code_scale = inverse_norm<acc_t>(codebook, c);
+  const RowScale<acc_t> x_unit = unit_scale<acc_t>(x, i);
+  const RowScale<acc_t> code_unit = unit_scale<acc_t>(codebook, c);
   for (int64_t j = 0; j < x.cols; ++j)
-    total += (static_cast<acc_t>(x.at(i, j)) * x_scale) * (static_cast<acc_t>(codebook.at(c, j)) * code_scale);
+    total += x_unit.apply(static_cast<acc_t>(x.at(i, j))) * code_unit.apply(static_cast<acc_t>(codebook.at(c, j)));
   return acc_t(1) - total;
+}
+
+// The nearest code of row i by direct squared differences, every value first scaled by one power
+// of two that brings the row's and the codebook's largest |value| below 1: for the rare L2 row so
+// far from the codebook (relative to the codebook's own scale) that the kernel's scores leave
+// acc_t's range. Costs K * D per row; ties to the smallest code; a NaN distance never wins.
+template <typename acc_t, typename in_t>
+int64_t far_row_nearest(const StridedRows<in_t>& x, int64_t i, const StridedRows<in_t>& codebook,
+                        int codebook_exponent) {
+  acc_t largest = 0;
+  for (int64_t j = 0; j < x.cols; ++j) largest = std::max(largest, std::abs(static_cast<acc_t>(x.at(i, j))));
+  int exponent = codebook_exponent;
+  if (largest > 0 && std::isfinite(largest)) {
+    int row_exponent;
+    std::frexp(largest, &row_exponent);
+    exponent = std::max(exponent, row_exponent);
+  }
+  int64_t winner = 0;
+  acc_t best = std::numeric_limits<acc_t>::infinity();
+  for (int64_t c = 0; c < codebook.rows; ++c) {
+    acc_t total = 0;
+    for (int64_t j = 0; j < x.cols; ++j) {
+      const acc_t diff = std::ldexp(static_cast<acc_t>(x.at(i, j)), -exponent) -
+                         std::ldexp(static_cast<acc_t>(codebook.at(c, j)), -exponent);
+      total += diff * diff;
+    }
+    if (total < best) {
+      best = total;
+      winner = c;
+    }
+  }
+  return winner;
 }
 
 // Every row of x against the packed codes. The first pass writes each row's best score and
@@ -74,7 +106,8 @@ acc_t exact_distance(const StridedRows<in_t>& x, int64_t i, const StridedRows<in
 // codebook), in the same parallel region. Returns false when x holds a NaN or Inf.
 template <typename Kernel, typename in_t>
 bool search_pass(const StridedRows<in_t>& x, const PackedBlock<Kernel>& codes, const StridedRows<in_t>& codebook,
-                 Metric metric, bool first_pass, bool last_pass, int64_t* index, typename Kernel::acc_t* score) {
+                 const SearchFrame<typename Kernel::acc_t>& frame, Metric metric, bool first_pass, bool last_pass,
+                 int64_t* index, typename Kernel::acc_t* score) {
   using acc_t = typename Kernel::acc_t;
   constexpr int MR = Kernel::MR;
   constexpr int NR = Kernel::NR;
@@ -99,7 +132,7 @@ bool search_pass(const StridedRows<in_t>& x, const PackedBlock<Kernel>& codes, c
       const int64_t tiles = (rows + MR - 1) / MR;
       for (int64_t t = 0; t < tiles; ++t) {
         const int m = static_cast<int>(std::min<int64_t>(MR, rows - t * MR));
-        local_finite &= pack_rows<MR>(x, first + t * MR, m, metric, packed.get() + t * MR * d);
+        local_finite &= pack_rows<MR>(x, first + t * MR, m, metric, frame, packed.get() + t * MR * d);
       }
       for (int64_t p0 = 0; p0 < codes.panels(); p0 += block_panels) {
         const int64_t p1 = std::min(codes.panels(), p0 + block_panels);
@@ -123,7 +156,12 @@ bool search_pass(const StridedRows<in_t>& x, const PackedBlock<Kernel>& codes, c
           score[first + r] = best;
           index[first + r] = winner;
         }
-        if (last_pass) score[first + r] = exact_distance<acc_t>(x, first + r, codebook, index[first + r], metric);
+        if (!last_pass) continue;
+        // A score out of range (every pass keeps a non-finite best once it has one): the row
+        // is too far from the codebook for the scores; settle it by direct differences.
+        if (!std::isfinite(score[first + r]))
+          index[first + r] = far_row_nearest<acc_t>(x, first + r, codebook, frame.exponent());
+        score[first + r] = exact_distance<acc_t>(x, first + r, codebook, index[first + r], metric);
       }
     }
     if (!local_finite) finite.store(false, std::memory_order_relaxed);
@@ -143,14 +181,15 @@ void search_with(const StridedRows<in_t>& x, const StridedRows<in_t>& codebook, 
   const int64_t panel_bytes = std::max<int64_t>(1, Kernel::NR * codebook.cols * static_cast<int64_t>(sizeof(acc_t)));
   const int64_t pass_codes = Kernel::NR * std::max<int64_t>(1, kPackedCodesBytes / panel_bytes);
   PackedBlock<Kernel> codes(std::min(pass_codes, codebook.rows), codebook.cols);
+  const SearchFrame<acc_t> frame(codebook, metric);
   bool x_finite = true;
   // distance holds the running best score until the last pass puts the exact distances there.
   for (int64_t first = 0; first < codebook.rows; first += pass_codes) {
-    const bool codes_finite = codes.fill(codebook, first, std::min(pass_codes, codebook.rows - first), metric);
+    const bool codes_finite = codes.fill(codebook, first, std::min(pass_codes, codebook.rows - first), metric, frame);
     TORCH_CHECK_VALUE(!check_finite || codes_finite, "patchvq: codebook contains NaN or Inf (shape [",
                       codebook.rows, ", ", codebook.cols, "])");
     const bool last = first + pass_codes >= codebook.rows;
-    const bool rows_finite = search_pass<Kernel>(x, codes, codebook, metric, first == 0, last, index, distance);
+    const bool rows_finite = search_pass<Kernel>(x, codes, codebook, frame, metric, first == 0, last, index, distance);
     if (first == 0) x_finite = rows_finite;
   }
   TORCH_CHECK_VALUE(!check_finite || x_finite, "patchvq: x contains NaN or Inf (shape [", x.rows, ", ", x.cols,

@@ -11,16 +11,23 @@
 
 namespace patchvq::cuda {
 
-// (x, codebook, ||e||^2) as the search kernel takes them: one dtype, rows normalised along
-// x's feature_dim (and the codebook's rows) for cosine, norms in the accumulation dtype.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> search_inputs(const at::Tensor& x, const at::Tensor& codebook,
-                                                             bool cosine, int64_t feature_dim);
+// The search's operands: x and codebook in one dtype, rows normalised along x's feature_dim (and
+// the codebook's rows) for cosine; `searched` the codebook as scored and code_norms its ||e||^2
+// in the accumulation dtype. float32/float64 L2 searches score in the codebook's frame (as
+// csrc/cpu/pack.h's SearchFrame and patchvq.reference.search_frame): searched = codebook *
+// scale - shift, and frame [D + 1] = (shift, scale) brings x rows there as they are loaded;
+// frame is undefined otherwise. Distances are computed from x and codebook.
+struct SearchInputs {
+  at::Tensor x, codebook, searched, code_norms, frame;
+};
+SearchInputs search_inputs(const at::Tensor& x, const at::Tensor& codebook, bool cosine, int64_t feature_dim);
 
 // Index int64[M] of the code minimising ||e||^2 - 2 x.e, ties to the smallest index. Rows are
 // x's rows, or with a defined row_offsets int64[M] the vectors starting at those element
-// offsets of x with x.stride(1) between their values (a gather from a [B, D, H, W] map).
-at::Tensor search(const at::Tensor& x, const at::Tensor& row_offsets, const at::Tensor& codebook,
-                  const at::Tensor& code_norms, cudaStream_t stream);
+// offsets of x with x.stride(1) between their values (a gather from a [B, D, H, W] map). Rows
+// whose scores leave the accumulation dtype's range (rows far from the codebook relative to
+// its scale) are settled by direct differences.
+at::Tensor search(const SearchInputs& in, const at::Tensor& row_offsets, cudaStream_t stream);
 
 // The search above on tensor cores for float16/bfloat16 x on sm_80 and newer, writing index[M];
 // false (nothing launched) for other dtypes or older GPUs.

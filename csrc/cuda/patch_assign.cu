@@ -115,7 +115,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign(at::Ten
       assert_on_device(chosen.logical_and(at::isfinite(features).all(1).logical_not()).any().logical_not(),
                        "patchvq: levels[" + std::to_string(level) + "] contains NaN or Inf at a chosen cell");
     }
-    auto [feats, cb, norms] = search_inputs(features, codebook, cosine, 1);
+    const SearchInputs in = search_inputs(features, codebook, cosine, 1);
+    const at::Tensor& feats = in.x;
     at::Tensor index = at::full(chosen.sizes(), -1, chosen.options().dtype(at::kLong));
     at::Tensor level_distance = at::zeros(chosen.sizes(), chosen.options().dtype(acc));
     const at::Tensor cells = chosen.reshape(-1).nonzero().reshape(-1);
@@ -125,9 +126,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign(at::Ten
       const at::Tensor offsets = cells.div(plane, "floor") * feats.stride(0) +
                                  rest.div(chosen.size(2), "floor") * feats.stride(2) +
                                  rest.remainder(chosen.size(2)) * feats.stride(3);
-      const at::Tensor found = search(feats, offsets, cb, norms, stream);
+      const at::Tensor found = search(in, offsets, stream);
       index.view(-1).index_put_({cells}, found);
-      level_distance.view(-1).index_put_({cells}, winner_distance(feats, offsets, cb, found, cosine, stream));
+      level_distance.view(-1).index_put_({cells}, winner_distance(feats, offsets, in.codebook, found, cosine, stream));
     }
     const Grid g{fine.size(0), fine.size(1), fine.size(2), fine.size(3), features.size(2), features.size(3),
                  choice.size(1), choice.size(2), static_cast<int64_t>(level), factor, patch};

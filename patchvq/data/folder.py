@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .layout import Collector, LayoutDataset, require_dir, subfolders
+from .layout import Collector, LayoutDataset, require_dir
 from .records import Sample
 from .split import is_test_good
 
@@ -38,7 +38,7 @@ class FolderDataset(LayoutDataset):
             return good
         masks = mask_root(root)
         samples = list(good)
-        for folder in subfolders(root):
+        for folder in found.subfolders(root):
             if folder.name == "good" or folder.name in MASK_FOLDERS:
                 continue
             mask_dir = None if masks is None else masks / folder.name

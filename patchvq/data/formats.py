@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from .btad import BTADDataset
-from .errors import DatasetError
+from .errors import DatasetError, check_on_error
 from .folder import FolderDataset
 from .layout import LayoutDataset, subfolders
 from .mtsd import MTSDDataset
 from .mvtec import MVTecDataset
-from .split import DEFAULT_VAL_FRACTION
+from .split import DEFAULT_VAL_FRACTION, SPLITS
 
 log = logging.getLogger("patchvq.data")
 
@@ -47,6 +48,8 @@ def detect_format(root: str | Path) -> str:
     Raises a DatasetError when no layout or more than one fits; when ``root`` holds several
     datasets (for example all MVTec categories), the error names them.
     """
+    if not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"root must be a folder path (str or pathlib.Path), got {root!r}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a folder", [root])
@@ -99,6 +102,13 @@ def open_dataset(
     images) always raise. ``verify``: decode every file now rather than when first read.
     ``cache``: keep the resized tensors in memory. ``workers``: threads used to decode.
     """
+    if not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"root must be a folder path (str or pathlib.Path), got {root!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_on_error(on_error)
+    if not isinstance(format, str):
+        raise ValueError(f"format must be 'auto' or one of {sorted(FORMATS)} (a str), got {format!r}")
     name = format.lower()
     if name == "auto":
         name = detect_format(root)

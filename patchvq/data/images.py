@@ -8,6 +8,8 @@ neighbour, so a resized mask only ever holds 0 and 1.
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -25,39 +27,76 @@ def is_image_file(path: Path) -> bool:
 _SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini"})
 
 
-def list_images(folder: Path, ignored: list[Path] | None = None) -> list[Path]:
+def is_broken_link(path: Path) -> bool:
+    """True for a visible symbolic link whose target cannot be reached (dangling, or a loop
+    such as a link to itself)."""
+    if path.name.startswith("."):
+        return False
+    try:
+        if not path.is_symlink():
+            return False
+        path.stat()
+    except OSError:
+        return True
+    return False
+
+
+def list_images(folder: Path, ignored: list[Path] | None = None, broken: list[Path] | None = None) -> list[Path]:
     """The image files directly inside ``folder``, sorted by name (no recursion).
 
     Visible files that are not images of a supported format are appended to ``ignored``
-    (when given) so that the caller can say so; hidden files and the operating systems'
-    folder files (Thumbs.db, desktop.ini) are passed over.
+    (when given) so that the caller can say so, and symbolic links that lead nowhere
+    (dangling or looping) to ``broken``; hidden files and the operating systems' folder
+    files (Thumbs.db, desktop.ini) are passed over.
     """
     images = []
     for p in folder.iterdir():
         if is_image_file(p):
             images.append(p)
+        elif broken is not None and is_broken_link(p):
+            broken.append(p)
         elif ignored is not None and p.is_file() and not p.name.startswith(".") and p.name.lower() not in _SYSTEM_FILES:
             ignored.append(p)
     return sorted(images, key=lambda p: p.name)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def as_size(image_size: int | tuple[int, int] | None) -> Size | None:
     """Normalise ``image_size`` (an int for a square, ``(height, width)``, or None) to (h, w)."""
     if image_size is None:
         return None
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    h, w = (int(v) for v in image_size)
+    pair = (image_size, image_size) if _is_int(image_size) else image_size
+    if (
+        isinstance(pair, (str, bytes))
+        or not isinstance(pair, Iterable)
+        or len(pair := tuple(pair)) != 2
+        or not all(_is_int(v) for v in pair)
+    ):
+        raise ValueError(
+            f"image_size must be an int (a square), a (height, width) pair of ints, or None to keep each "
+            f"image's size; got {image_size!r}"
+        )
+    h, w = int(pair[0]), int(pair[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"image_size must be positive, got {image_size!r}")
     return h, w
 
 
 def _open_loaded(path: Path) -> Image.Image:
-    """Open and fully decode a file, so truncated or corrupt data fails here."""
-    with Image.open(path) as img:
-        img.load()
-        return img.copy() if img.mode != "P" else img.convert("RGBA")
+    """Open and fully decode a file, so truncated or corrupt data fails here. An image whose
+    header claims more pixels than PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
+    raises ValueError naming its size."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy() if img.mode != "P" else img.convert("RGBA")
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"{exc} Raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted and really this large"
+        ) from exc
 
 
 def _to_unit_float(img: Image.Image) -> np.ndarray:
@@ -105,8 +144,11 @@ def read_mask(path: Path) -> np.ndarray:
 
 def image_size_of(path: Path) -> Size:
     """(height, width) of an image file from its header, without decoding the pixels."""
-    with Image.open(path) as img:
-        return img.height, img.width
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except Image.DecompressionBombError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def resize_image(arr: np.ndarray, size: Size | None) -> np.ndarray:

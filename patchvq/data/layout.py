@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from .errors import DatasetError, Problems, SkippedFilesWarning, check_on_error, warn_user
-from .images import list_images
+from .images import is_broken_link, list_images
 from .records import GOOD, AnomalyDataset, Sample
 from .split import DEFAULT_VAL_FRACTION, SPLITS, holdout_indices
 
@@ -33,12 +33,23 @@ class Collector:
         self.problems = Problems()
         self.ignored: list[Path] = []
 
+    def _broken(self, links: list[Path]) -> None:
+        for link in links:
+            self.problems.add(link, "symbolic link that leads nowhere (its target is missing, or it loops)")
+
     def images(self, folder: Path) -> list[Path]:
-        """The images in ``folder``; an empty folder is recorded as a problem."""
-        found = list_images(folder, self.ignored)
+        """The images in ``folder``; an empty folder and links that lead nowhere are recorded as problems."""
+        broken: list[Path] = []
+        found = list_images(folder, self.ignored, broken)
+        self._broken(broken)
         if not found:
             self.problems.add(folder, "folder holds no images")
         return found
+
+    def subfolders(self, folder: Path) -> list[Path]:
+        """subfolders(folder), recording links in it that lead nowhere (e.g. a folder linked to itself)."""
+        self._broken(sorted((p for p in folder.iterdir() if is_broken_link(p)), key=lambda p: p.name))
+        return subfolders(folder)
 
     def good(self, folder: Path) -> list[Sample]:
         """A Sample (label 0, all-zero mask) for every image in ``folder``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .layout import Collector, LayoutDataset, require_dir, subfolders
+from .layout import Collector, LayoutDataset, require_dir
 from .records import Sample
 
 
@@ -24,7 +24,7 @@ def collect_train_test(
     test = require_dir(root / "test", f"{name} test folder")
     samples: list[Sample] = []
     masks = root / "ground_truth"
-    for folder in subfolders(test):
+    for folder in found.subfolders(test):
         if folder.name == good:
             samples += found.good(folder)
         else:

@@ -68,7 +68,7 @@ class AnomalyDataset(Dataset):
         workers: int | None = None,
         skipped: list[Path] | None = None,
     ):
-        if channels not in (1, 3):
+        if isinstance(channels, bool) or channels not in (1, 3) or not isinstance(channels, int):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
         self.root = Path(root)
         self.format = format
@@ -83,6 +83,8 @@ class AnomalyDataset(Dataset):
             self._load_all(workers)
 
     def _load_all(self, workers: int | None) -> None:
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers must be a positive int or None, got {workers!r}")
         workers = workers or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(self._try_load, self.samples))

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 
 SPLITS = ("train", "test", "fit", "val")
 DEFAULT_VAL_FRACTION = 0.1
 
 
 def name_hash(name: str) -> int:
-    """The sha1 digest of the UTF-8 string ``name``, read as a (160-bit) integer."""
-    return int(hashlib.sha1(name.encode("utf-8")).hexdigest(), 16)
+    """The sha1 digest of the UTF-8 string ``name``, read as a (160-bit) integer.
+
+    A file name that is not valid UTF-8 on disk (Python holds its stray bytes as surrogate
+    escapes, e.g. ``caf\udce9.png`` for the Latin-1 bytes of café.png) hashes as those very bytes."""
+    return int(hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest(), 16)
 
 
 def is_test_good(file_name: str) -> bool:
@@ -34,7 +38,7 @@ def holdout_indices(keys: list[str], fraction: float = DEFAULT_VAL_FRACTION) -> 
     when there are two or more) with the smallest sha1 of ``"val:" + key``; ``keys`` are
     the images' paths relative to the dataset root. Both lists keep the original order.
     """
-    if not 0.0 < fraction < 1.0:
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0.0 < fraction < 1.0:
         raise ValueError(f"val_fraction must be strictly between 0 and 1, got {fraction!r}")
     n = len(keys)
     if n < 2:

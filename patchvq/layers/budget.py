@@ -1,5 +1,7 @@
 """The progressive budget: codes spent per patch, the falling target, the context-richness weighting."""
 
+import numbers
+
 import torch
 
 from patchvq.layers.context_richness import context_richness
@@ -8,9 +10,18 @@ from patchvq.layers.context_richness import context_richness
 def budget_target(progress: torch.Tensor | float, rho_final: float = 0.4, ramp: float = 0.5) -> torch.Tensor:
     """Target spent fraction at training progress in [0, 1]: 1.0 falling linearly to rho_final over
     the first `ramp` of training, then constant. A tensor, so a compiled graph reads it as data."""
+    _check_progress(progress)
     progress = torch.as_tensor(progress, dtype=torch.float32)
     fall = (progress / ramp).clamp(0.0, 1.0) if ramp > 0 else torch.ones_like(progress)
     return 1.0 - (1.0 - rho_final) * fall
+
+
+def _check_progress(progress) -> None:
+    """A Python number must be a real in [0, 1] (tensors are checked where they are set)."""
+    if isinstance(progress, torch.Tensor):
+        return
+    if isinstance(progress, bool) or not isinstance(progress, numbers.Real) or not 0.0 <= progress <= 1.0:
+        raise ValueError(f"patchvq: progress must be a number in [0, 1], got {progress!r}")
 
 
 def level_costs(factors: list[int]) -> list[int]:
@@ -36,6 +47,16 @@ def spent_fraction(gate: torch.Tensor, costs: list[int], richness: torch.Tensor 
     simple patches and at face value in rich ones. Differentiable in gate (the router's
     straight-through gate), so the loss reaches the router.
     """
+    if not isinstance(gate, torch.Tensor) or gate.dim() != 4 or gate.shape[1] != len(costs):
+        got = f"shape {tuple(gate.shape)}" if isinstance(gate, torch.Tensor) else f"a {type(gate).__name__}"
+        raise ValueError(f"patchvq: gate must be [B, L, Hc, Wc] with L = {len(costs)} levels, got {got}")
+    if richness is not None and (
+        not isinstance(richness, torch.Tensor) or tuple(richness.shape) != (gate.shape[0], *gate.shape[2:])
+    ):
+        got = f"shape {tuple(richness.shape)}" if isinstance(richness, torch.Tensor) else f"a {type(richness).__name__}"
+        raise ValueError(
+            f"patchvq: richness must be [B, Hc, Wc] = {(gate.shape[0], *gate.shape[2:])} (one value per patch), got {got}"
+        )
     n = torch.tensor(costs, dtype=gate.dtype, device=gate.device)[None, :, None, None]
     cost = n / costs[0]
     if richness is not None:
@@ -49,4 +70,5 @@ def budget_loss(
 ) -> torch.Tensor:
     """Mean over images of (spent_fraction - target)^2: pushes each image's spend towards the target."""
     spent = spent_fraction(gate, costs, richness)
-    return (spent - torch.as_tensor(target, dtype=spent.dtype, device=spent.device)).pow(2).mean()
+    # Summed over images / max(B, 1): an empty batch gives 0, not NaN.
+    return (spent - torch.as_tensor(target, dtype=spent.dtype, device=spent.device)).pow(2).sum() / max(spent.shape[0], 1)

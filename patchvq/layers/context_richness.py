@@ -40,7 +40,15 @@ def context_richness(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     batch, channels, h, w = images.shape
     if h % patch_size or w % patch_size:
         raise ValueError(f"patchvq: image size {h}x{w} is not a multiple of patch_size={patch_size}")
+    if images.numel() == 0:  # no images, no pixels or no channels: every patch is flat
+        return images.new_zeros(batch, h // patch_size, w // patch_size)
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"patchvq: images contain NaN or Inf (shape {tuple(images.shape)})")
     x = images.float() if images.dtype != torch.float64 else images
+    # The result does not depend on the images' scale: bring each image's largest |value| to
+    # [0.5, 1) by a power of two, so energies neither overflow (1e30) nor underflow (1e-30).
+    exponent = torch.frexp(x.abs().amax((1, 2, 3), keepdim=True))[1]
+    x = torch.ldexp(x, -exponent)
     tiles = x.reshape(batch, channels, h // patch_size, patch_size, w // patch_size, patch_size)
     x = (tiles - tiles.mean((3, 5), keepdim=True)).reshape(batch, channels, h, w)
     ll1, *fine_bands = haar_step(x)

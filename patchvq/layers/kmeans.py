@@ -73,7 +73,13 @@ def lloyd(x: torch.Tensor, centers: torch.Tensor, iters: int, metric: str = "l2"
 def fit(x: torch.Tensor, num_codes: int, iters: int, metric: str = "l2") -> tuple[torch.Tensor, torch.Tensor]:
     """k-means of the rows of x [S, D] (S >= 1): (centers [K, D], count [K] of rows of x per center)."""
     x = prepare(x, metric)
-    return lloyd(x, seed(x, num_codes, metric), iters, metric)
+    if metric == "cosine" or x.numel() == 0:
+        return lloyd(x, seed(x, num_codes, metric), iters, metric)
+    # k-means commutes with scaling: run it with the largest |value| brought to [0.5, 1) by a
+    # power of two, so squared distances neither overflow (1e30 rows) nor underflow.
+    exponent = torch.frexp(x.abs().amax())[1]
+    centers, count = lloyd(torch.ldexp(x, -exponent), seed(torch.ldexp(x, -exponent), num_codes, metric), iters, metric)
+    return torch.ldexp(centers, exponent), count
 
 
 def sample_rows(x: torch.Tensor, valid: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:

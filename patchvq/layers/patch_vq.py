@@ -2,6 +2,9 @@
 
 import dataclasses
 import itertools
+import math
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -100,7 +103,16 @@ class PatchVQ(torch.nn.Module):
         **settings,
     ):
         super().__init__()
+        _check_positive_int(dim, "dim")
+        if code_dim is not None:
+            _check_positive_int(code_dim, "code_dim")
+        if config is not None and not isinstance(config, PatchVQConfig):
+            raise TypeError(f"patchvq: config must be a PatchVQConfig, got {type(config).__name__}")
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(PatchVQConfig)})
+        if unknown:
+            raise TypeError(f"patchvq: unknown PatchVQ settings {unknown}; the settings are PatchVQConfig's fields")
         self.config = dataclasses.replace(config or PatchVQConfig(), **settings)
+        _check_config(self.config)
         self.strides = _check_strides(levels)
         self.factors = [s // self.strides[0] for s in self.strides]
         self.dim = dim
@@ -125,8 +137,10 @@ class PatchVQ(torch.nn.Module):
 
     def set_progress(self, progress: float) -> None:
         """Training progress in [0, 1] (step / total steps): sets the Gumbel temperature and budget target."""
-        if not 0.0 <= progress <= 1.0:
-            raise ValueError(f"patchvq: progress must be in [0, 1], got {progress!r}")
+        if isinstance(progress, torch.Tensor) and progress.numel() == 1:
+            progress = float(progress)
+        if isinstance(progress, bool) or not isinstance(progress, numbers.Real) or not 0.0 <= progress <= 1.0:
+            raise ValueError(f"patchvq: progress must be a number in [0, 1], got {progress!r}")
         self.progress.fill_(progress)
 
     def temperature(self) -> torch.Tensor:
@@ -145,6 +159,11 @@ class PatchVQ(torch.nn.Module):
             _check_map(x, self.dim, "x")
             fine_h, fine_w = x.shape[2:]
             coarse = self.factors[-1]
+            if fine_h == 0 or fine_w == 0:
+                raise ValueError(
+                    f"patchvq: x grid {fine_h}x{fine_w} is empty: it needs at least one patch of "
+                    f"{coarse}x{coarse} cells (the coarsest factor)"
+                )
             if fine_h % coarse or fine_w % coarse:
                 raise ValueError(f"patchvq: x grid {fine_h}x{fine_w} is not a multiple of the coarsest factor {coarse}")
             fine = self.project_in(x)
@@ -155,7 +174,9 @@ class PatchVQ(torch.nn.Module):
             )
         for i, lv in enumerate(x):
             _check_map(lv, self.dim, f"levels[{i}]")
-            if lv.shape[2] * self.factors[i] != x[0].shape[2]:
+            if lv.shape[2] == 0 or lv.shape[3] == 0:
+                raise ValueError(f"patchvq: levels[{i}] grid {tuple(lv.shape[2:])} is empty: it needs at least one cell")
+            if lv.shape[2] * self.factors[i] != x[0].shape[2] or lv.shape[3] * self.factors[i] != x[0].shape[3]:
                 raise ValueError(
                     f"patchvq: levels[{i}] grid {tuple(lv.shape[2:])} is not the finest grid "
                     f"{tuple(x[0].shape[2:])} divided by {self.factors[i]}"
@@ -175,20 +196,19 @@ class PatchVQ(torch.nn.Module):
             levels = [F.normalize(lv, dim=1) for lv in levels]
         logits = self.router(levels)
         if level_map is not None:
-            if level_map.shape != logits[:, 0].shape or level_map.is_floating_point():
-                raise ValueError(
-                    f"patchvq: level_map must be an integer [B, Hc, Wc] = {tuple(logits[:, 0].shape)} "
-                    f"tensor, got {_describe(level_map)}"
-                )
-            choice = level_map.to(torch.int64)
+            choice = _check_level_map(level_map, tuple(logits[:, 0].shape), len(levels), logits.device)
             gate = routing.one_hot_gate(choice, len(levels), logits.dtype)
         elif self.training:
             gate, choice = routing.hard_gumbel_gate(logits, self.temperature().to(logits.device))
         else:
             gate, choice = routing.argmax_gate(logits)
+        if richness is not None:
+            _check_richness(richness, tuple(logits[:, 0].shape), logits.device)
         rows = [lv.permute(0, 2, 3, 1).reshape(-1, self.code_dim) for lv in levels]
         all_rows = torch.cat(rows)
-        if self.training:
+        # An empty batch (B = 0) has nothing to learn from: no codebook init or update.
+        learn = self.training and all_rows.shape[0] > 0
+        if learn:
             self.codebook.maybe_init(all_rows.detach())
         codes = self.codebook.weight.detach()
         z_q, indices, distance = patch_assign(levels, choice, codes, self.config.metric)
@@ -200,11 +220,12 @@ class PatchVQ(torch.nn.Module):
             budget=budget.budget_loss(gate, self.costs, self._target(budget_target, gate), richness),
             budget_weight=self.config.budget_weight,
         )
-        if self.training:
+        if learn:
             self.codebook.ema_update(all_rows, flat_index)
+        patches = max(choice.numel(), 1)  # an empty batch: zero shares and spend, not NaN
         usage = {
-            "level_share": F.one_hot(choice, len(levels)).flatten(0, 2).float().mean(0),
-            "spent_fraction": budget.spent_fraction(gate.detach(), self.costs).mean(),
+            "level_share": F.one_hot(choice, len(levels)).flatten(0, 2).float().sum(0) / patches,
+            "spent_fraction": budget.spent_fraction(gate.detach(), self.costs).sum() / max(gate.shape[0], 1),
             "perplexity": _perplexity(
                 flat_index, self.config.num_codes, [index.numel() for index in indices], self.factors
             ),
@@ -212,6 +233,9 @@ class PatchVQ(torch.nn.Module):
         return PatchVQOutput(self.project_out(z_q), choice, indices, loss, usage, logits, distance)
 
     def _target(self, override, gate: torch.Tensor) -> torch.Tensor:
+        if override is not None and not isinstance(override, torch.Tensor):
+            if isinstance(override, bool) or not isinstance(override, numbers.Real) or not 0.0 <= override <= 1.0:
+                raise ValueError(f"patchvq: budget_target must be a number in [0, 1], got {override!r}")
         target = self.budget_target() if override is None else torch.as_tensor(override)
         return target.to(device=gate.device, dtype=gate.dtype)
 
@@ -223,7 +247,7 @@ class PatchVQ(torch.nn.Module):
         for row, index, factor in zip(rows, indices, self.factors):
             flat = index.reshape(-1)
             error = (row.float() - codes[flat.clamp_min(0)].float()).pow(2).mean(1)
-            total = total + (error * (flat >= 0)).sum() * factor**2
+            total = total + torch.where(flat >= 0, error, torch.zeros_like(error)).sum() * factor**2
         return self.config.commitment_weight * total / max(batch * fine_h * fine_w, 1)
 
 
@@ -250,15 +274,76 @@ def _pooling_conv(dim: int, factor: int) -> torch.nn.Conv2d:
     return conv
 
 
+def _check_config(cfg: PatchVQConfig) -> None:
+    """The numeric settings PatchVQ itself uses (the codebook checks its own)."""
+    def number(name, low, high=math.inf, low_open=False):
+        v = getattr(cfg, name)
+        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and (v > low if low_open else v >= low) and v <= high
+        if not ok:
+            bounds = f"{'(' if low_open else '['}{low}, {high}{']' if high < math.inf else ')'}"
+            raise ValueError(f"patchvq: {name} must be a number in {bounds}, got {v!r}")
+
+    number("temperature_start", 0.0, low_open=True)
+    number("temperature_end", 0.0, low_open=True)
+    number("rho_final", 0.0, 1.0)
+    number("budget_ramp", 0.0, 1.0)
+    number("budget_weight", 0.0)
+    number("commitment_weight", 0.0)
+    _check_positive_int(cfg.router_hidden, "router_hidden")
+
+
+def _check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"patchvq: {name} must be a positive int, got {value!r}")
+
+
 def _check_strides(levels) -> list[int]:
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Iterable):
+        raise ValueError(f"patchvq: levels must be a non-empty list of positive int strides, got {levels!r}")
+    levels = tuple(levels)
+    if not levels or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in levels):
+        raise ValueError(
+            f"patchvq: levels must be a non-empty list of positive int strides (e.g. (8, 16, 32)), got {levels!r}"
+        )
     strides = [int(s) for s in levels]
-    if not strides or any(s < 1 for s in strides):
-        raise ValueError(f"patchvq: levels must be a non-empty list of positive strides, got {levels!r}")
     for prev, s in itertools.pairwise(strides):
         ratio = s // strides[0]
         if s <= prev or s % strides[0] or ratio & (ratio - 1):
             raise ValueError(f"patchvq: levels must be ascending power-of-two multiples of the first, got {levels!r}")
     return strides
+
+
+def _check_level_map(level_map, shape: tuple, num_levels: int, device: torch.device) -> torch.Tensor:
+    """level_map as int64 [B, Hc, Wc] on device, or a ValueError naming it and what it must be."""
+    if (
+        not isinstance(level_map, torch.Tensor)
+        or level_map.is_floating_point()
+        or level_map.is_complex()
+        or level_map.dtype == torch.bool
+        or tuple(level_map.shape) != shape
+    ):
+        raise ValueError(
+            f"patchvq: level_map must be an integer [B, Hc, Wc] = {shape} tensor, got {_describe(level_map)}"
+        )
+    choice = level_map.to(device=device, dtype=torch.int64)
+    if choice.numel() and (int(choice.min()) < 0 or int(choice.max()) >= num_levels):
+        raise ValueError(
+            f"patchvq: level_map values must be level indices in [0, {num_levels}), got values in "
+            f"[{int(choice.min())}, {int(choice.max())}]"
+        )
+    return choice
+
+
+def _check_richness(richness, shape: tuple, device: torch.device) -> None:
+    if not isinstance(richness, torch.Tensor) or not richness.is_floating_point() or tuple(richness.shape) != shape:
+        raise ValueError(
+            f"patchvq: richness must be a floating [B, Hc, Wc] = {shape} tensor (one value per patch of the "
+            f"coarsest grid, e.g. budget.patch_richness(images, patch_size)), got {_describe(richness)}"
+        )
+    if richness.device != device:
+        raise ValueError(f"patchvq: richness is on {richness.device} but the features are on {device}")
+    if richness.numel() and not bool(((richness >= 0) & (richness <= 1)).all()):
+        raise ValueError("patchvq: richness must hold values in [0, 1] (NaN or out-of-range values found)")
 
 
 def _check_map(t, dim: int, name: str) -> None:

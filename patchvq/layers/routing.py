@@ -1,5 +1,7 @@
 """Dynamic Routing Module: per patch, logits over the levels and a hard, straight-through level gate."""
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -26,6 +28,8 @@ class DynamicRouter(torch.nn.Module):
 
 def gumbel_temperature(progress: torch.Tensor | float, start: float = 1.0, end: float = 0.3) -> torch.Tensor:
     """Gumbel-softmax temperature at training progress in [0, 1]: geometric from start to end."""
+    if not (isinstance(start, numbers.Real) and isinstance(end, numbers.Real) and start > 0 and end > 0):
+        raise ValueError(f"patchvq: temperatures must be positive numbers, got start={start!r}, end={end!r}")
     progress = torch.as_tensor(progress, dtype=torch.float32).clamp(0.0, 1.0)
     return start * (end / start) ** progress
 

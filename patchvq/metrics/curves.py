@@ -10,6 +10,8 @@ two levels is a straight line.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .inputs import MetricError
@@ -63,8 +65,8 @@ def area_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
 
 def check_fpr_limit(fpr_limit: float) -> float:
     """``fpr_limit`` as a float after checking 0 < fpr_limit <= 1."""
-    if not 0.0 < fpr_limit <= 1.0:
-        raise MetricError(f"fpr_limit must be in (0, 1], got {fpr_limit!r}")
+    if isinstance(fpr_limit, bool) or not isinstance(fpr_limit, numbers.Real) or not 0.0 < fpr_limit <= 1.0:
+        raise MetricError(f"fpr_limit must be a number in (0, 1] (e.g. 0.3), got {fpr_limit!r}")
     return float(fpr_limit)
 
 

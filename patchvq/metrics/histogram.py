@@ -7,6 +7,8 @@ size is evaluated one batch at a time in O(bins) memory.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import curves
@@ -32,13 +34,16 @@ class PixelHistogram:
     """
 
     def __init__(self, bins: int = DEFAULT_BINS, range: tuple[float, float] | None = None):
-        if bins < 2 or bins % 2:
+        if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2 or bins % 2:
             raise MetricError(f"bins must be an even number >= 2, got {bins!r}")
         self.bins = int(bins)
         self.fixed = range is not None
         self.lo, self.width = 0.0, 0.0
         if range is not None:
-            lo, hi = float(range[0]), float(range[1])
+            try:
+                lo, hi = float(range[0]), float(range[1])
+            except (TypeError, ValueError, IndexError, KeyError):
+                raise MetricError(f"range must be a pair of numbers (lo, hi), got {range!r}") from None
             if not (np.isfinite(lo) and np.isfinite(hi) and hi >= lo):
                 raise MetricError(f"range must be finite with hi >= lo, got {range!r}")
             self._set_grid(lo, hi)
@@ -48,16 +53,27 @@ class PixelHistogram:
         self.regions = 0
         self.images = 0
 
+    # Grid arithmetic runs on halved values (hi / 2 - lo / 2), so scores anywhere in the float64
+    # range, e.g. -1e308 and 1e308, give finite widths and bin indices.
     def _set_grid(self, lo: float, hi: float) -> None:
-        span = hi - lo
-        if span <= 0:
-            span = max(abs(lo), 1.0) * 1e-6
-        self.lo, self.width = lo, span * (1 + 1e-9) / self.bins
+        half_span = hi / 2 - lo / 2
+        if half_span <= 0:
+            half_span = max(abs(lo), 1.0) * 0.5e-6
+        self.lo, self.width = lo, half_span * (1 + 1e-9) / self.bins * 2
+
+    def _top_exceeded(self, hi: float) -> bool:
+        return hi / 2 >= self.lo / 2 + self.bins * (self.width / 2)
 
     def _cover(self, lo: float, hi: float) -> None:
         """Widen the grid by doubling until it covers [lo, hi]."""
         half = self.bins // 2
-        while hi >= self.lo + self.bins * self.width or lo < self.lo:
+        while self._top_exceeded(hi) or lo < self.lo:
+            lowered = self.lo - self.bins * (self.width / 2) * 2
+            if (lo < self.lo and not np.isfinite(lowered)) or not np.isfinite(self.bins * self.width):
+                raise MetricError(
+                    "scores span more than the float64 range allows for binning into a widening grid; "
+                    "give PixelHistogram(range=(lo, hi)) or rescale the maps"
+                )
             pairs = [a.reshape(half, 2).sum(axis=1) for a in (self.normal, self.defect, self.overlap)]
             if lo < self.lo:
                 self.lo -= self.bins * self.width
@@ -67,7 +83,12 @@ class PixelHistogram:
             self.width *= 2
 
     def _index(self, scores: np.ndarray) -> np.ndarray:
-        idx = np.floor((scores.astype(np.float64) - self.lo) / self.width)
+        scores = scores.astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            idx = np.floor((scores - self.lo) / self.width)
+        wide = ~np.isfinite(idx)
+        if wide.any():  # scores - lo overflowed: the same index from halved values
+            idx[wide] = np.floor((scores[wide] / 2 - self.lo / 2) / (self.width / 2))
         return np.clip(idx, 0, self.bins - 1).astype(np.intp)
 
     def update(self, masks, maps) -> PixelHistogram:

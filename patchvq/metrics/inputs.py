@@ -11,20 +11,31 @@ class MetricError(ValueError):
     """Metric inputs that cannot give a meaningful value (wrong shape, values or classes)."""
 
 
-def to_numpy(x) -> np.ndarray:
+def to_numpy(x, what: str = "input") -> np.ndarray:
     """A numpy view or copy of ``x`` (numpy array, torch tensor on any device, list, scalar)."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):
+        if getattr(x, "is_meta", False):
+            raise MetricError(
+                f"{what} is a tensor on the meta device, which holds no values; pass the computed values"
+            )
         x = x.detach().cpu()
+        if x.is_complex():
+            raise MetricError(f"{what} must be real numbers, got dtype {x.dtype}")
         if str(x.dtype) == "torch.bfloat16":
             x = x.float()
         return x.numpy()
-    return np.asarray(x)
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise MetricError(f"{what} must be an array of numbers of one shape: {exc}") from None
 
 
 def binary(values: np.ndarray, what: str) -> np.ndarray:
     """``values`` as bool, after checking every value is 0 or 1 (or already bool)."""
     if values.dtype == bool:
         return values
+    if values.dtype.kind not in "biuf":
+        raise MetricError(f"{what} must be 0/1 numbers or bool, got dtype {values.dtype}")
     if values.dtype.kind == "f" and np.isnan(values).any():
         raise MetricError(f"{what} contain NaN: a defect image without a known mask cannot enter a pixel metric")
     bad = (values != 0) & (values != 1)
@@ -39,7 +50,7 @@ def binary(values: np.ndarray, what: str) -> np.ndarray:
 def finite(values: np.ndarray, what: str) -> np.ndarray:
     """``values`` as a float array, after checking it is real-valued and finite."""
     if values.dtype.kind not in "biuf":
-        raise MetricError(f"{what} must be numbers, got dtype {values.dtype}")
+        raise MetricError(f"{what} must be real numbers, got dtype {values.dtype}")
     if values.dtype.kind != "f":
         values = values.astype(np.float64)
     if not np.isfinite(values).all():
@@ -47,17 +58,19 @@ def finite(values: np.ndarray, what: str) -> np.ndarray:
     return values
 
 
-def _vector(x) -> np.ndarray:
+def _vector(x, what: str) -> np.ndarray:
     """``x`` as an array, flattened when it has one axis of length > 1 (e.g. (N, 1))."""
-    arr = to_numpy(x)
+    arr = to_numpy(x, what)
     return arr.reshape(-1) if arr.ndim > 1 and sum(d > 1 for d in arr.shape) <= 1 else arr
 
 
 def labels_and_scores(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     """Checked (N,) bool labels and (N,) float scores; both classes must be present."""
-    y, s = _vector(labels), _vector(scores)
+    y, s = _vector(labels, "labels"), _vector(scores, "scores")
     if y.ndim != 1 or s.ndim != 1 or y.shape != s.shape:
         raise MetricError(f"labels and scores must be 1-D and of the same length, got {y.shape} and {s.shape}")
+    if y.size == 0:
+        raise MetricError("labels and scores are empty: the metric needs at least one good and one defective image")
     y = binary(y, "labels")
     s = finite(s, "scores")
     if y.all() or not y.any():
@@ -69,9 +82,9 @@ def _per_image(x, what: str) -> Sequence[np.ndarray]:
     """Split ``x`` into a sequence of (H, W) arrays: one (H, W) array, a (N, H, W) or
     (N, 1, H, W) array, or a list of (H, W) / (1, H, W) arrays of any sizes."""
     if isinstance(x, (list, tuple)):
-        items = [to_numpy(v) for v in x]
+        items = [to_numpy(v, f"{what}[{i}]") for i, v in enumerate(x)]
     else:
-        arr = to_numpy(x)
+        arr = to_numpy(x, what)
         if arr.ndim == 2:
             return [arr]
         if arr.ndim == 4 and arr.shape[1] == 1:
@@ -99,4 +112,6 @@ def image_pairs(masks, maps) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         m, s = ms[i], ss[i]
         if m.shape != s.shape:
             raise MetricError(f"image {i}: mask shape {m.shape} differs from map shape {s.shape}")
+        if m.size == 0:
+            raise MetricError(f"image {i}: mask and map have no pixels (shape {m.shape}); drop empty images")
         yield binary(m, f"masks[{i}]"), finite(s, f"maps[{i}]")

@@ -6,6 +6,8 @@ torch only. The reference (patchvq/reference/) keeps its own copy of these rules
 it is the oracle the fast paths are checked against, so it shares no code with them.
 """
 
+import math
+
 import torch
 
 METRICS = ("l2", "cosine")
@@ -17,17 +19,45 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def normalize(t: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Rows (along `dim`) scaled to unit L2 norm; an all-zero row stays zero."""
-    return t / t.norm(dim=dim, keepdim=True).clamp_min(1e-12)
+    """Rows (along `dim`) scaled to unit L2 norm whatever their scale (no overflow or underflow of
+    the norm); an all-zero row stays zero."""
+    if not t.shape[dim]:
+        return t
+    largest = t.detach().abs().amax(dim=dim, keepdim=True)
+    t = t / torch.where(largest > 0, largest, torch.ones_like(largest))
+    return t / t.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(t.dtype).tiny)
+
+
+def search_frame(codebook: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """(scale, shift) of the L2 search: values enter as v * scale - shift. scale is the power of
+    two bringing the codebook's largest |value| into [0.5, 1) (scores cannot overflow or
+    underflow), shift the codebook's mean in those units rounded to a few bits (a large common
+    offset costs no precision; inputs of few bits keep exact ties). Neither changes which code
+    is nearest. The C++ kernels compute the same frame while packing the codebook."""
+    largest = float(codebook.detach().abs().max()) if codebook.numel() else 0.0
+    exponent = math.frexp(largest)[1] if 0 < largest < math.inf else 0
+    limit = int(math.log2(torch.finfo(codebook.dtype).max)) - 2
+    exponent = min(max(exponent, -limit), limit)
+    scale = math.ldexp(1.0, -exponent)
+    cb = codebook.detach().double()
+    spread = float(((cb.amax(0) - cb.amin(0)) * scale).max()) if cb.numel() else 0.0
+    if not 0 < spread < math.inf:
+        return scale, torch.zeros(codebook.shape[1], dtype=codebook.dtype, device=codebook.device)
+    quantum = math.ldexp(1.0, math.frexp(spread)[1] - 5)
+    shift = (torch.round(cb.mean(0) * scale / quantum) * quantum).to(codebook.dtype)
+    return scale, torch.nan_to_num(shift, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def search_inputs(
     x: torch.Tensor, codebook: torch.Tensor, metric: str, feature_dim: int = 1
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x, codebook, ||e||^2) as the search kernels take them: one dtype, rows normalised along
-    x's `feature_dim` (and the codebook's rows) for cosine, where every ||e||^2 counts as 1;
-    ||e||^2 in the accumulation dtype. Inputs of one dtype are searched in it; mixed ones in x's
-    accumulation dtype (a float64 codebook meets float32 x as float32)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, torch.Tensor] | None]:
+    """(x, codebook, searched codebook, its ||e||^2, frame) as the search kernels take them: one
+    dtype, rows normalised along x's `feature_dim` (and the codebook's rows) for cosine, where
+    every ||e||^2 counts as 1; ||e||^2 in the accumulation dtype. Inputs of one dtype are searched
+    in it; mixed ones in x's accumulation dtype (a float64 codebook meets float32 x as float32).
+    float32/float64 L2 searches score in the codebook's frame (search_frame): the searched
+    codebook is codebook * scale - shift and frame is (scale, shift), for the kernel to bring x
+    rows there; distances use the codebook itself."""
     acc = accumulate_dtype(x.dtype)
     dtype = x.dtype if codebook.dtype == x.dtype else acc
     x, codebook = x.to(dtype), codebook.to(dtype)
@@ -35,8 +65,12 @@ def search_inputs(
         x = normalize(x.to(acc), feature_dim)
         codebook = normalize(codebook.to(acc))
         # Every code ranks by 1 - 2 x.e, so a zero code counts as orthogonal (distance 1).
-        return x, codebook, torch.ones(codebook.shape[0], dtype=acc, device=codebook.device)
-    return x, codebook, codebook.to(acc).pow(2).sum(1)
+        return x, codebook, codebook, torch.ones(codebook.shape[0], dtype=acc, device=codebook.device), None
+    if dtype != acc:  # half inputs: their range cannot overflow float32 scores
+        return x, codebook, codebook, codebook.to(acc).pow(2).sum(1), None
+    scale, shift = search_frame(codebook)
+    searched = codebook * scale - shift
+    return x, codebook, searched, searched.pow(2).sum(1), (scale, shift)
 
 
 def distance_to(x: torch.Tensor, codes: torch.Tensor, metric: str) -> torch.Tensor:

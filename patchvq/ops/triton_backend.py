@@ -22,10 +22,18 @@ def nearest_code(
     if check_finite:
         inputs.check_finite(x, "x")
         inputs.check_finite(codebook, "codebook")
-    xs, cb, norms = inputs.search_inputs(x, codebook, metric)
+    xs, cb, searched, norms, frame = _framed(inputs.search_inputs(x, codebook, metric))
     with torch.cuda.device_of(x):
-        index = search_kernel.search(xs, cb, norms)
+        index, best = search_kernel.search(xs, searched, norms, frame=frame)
+        if frame is not None:
+            search_kernel.settle_far_rows(xs, cb, frame, best, index)
         return index, search_kernel.winner_distance(xs, cb, index, metric == "cosine")
+
+
+def _framed(prepared):
+    """search_inputs' result with the frame as the Triton kernels' buffer."""
+    xs, cb, searched, norms, frame = prepared
+    return xs, cb, searched, norms, None if frame is None else search_kernel.frame_buffer(frame[1], frame[0])
 
 
 def code_stats(x: torch.Tensor, index: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,12 +78,14 @@ def _patch_assign(
                 ~(chosen & ~torch.isfinite(features).all(1)).any(),
                 f"patchvq: levels[{level}] contains NaN or Inf at a chosen cell",
             )
-        feats, cb, norms = inputs.search_inputs(features, codebook, metric)
+        feats, cb, searched, norms, frame = _framed(inputs.search_inputs(features, codebook, metric))
         cells, offsets = patch_kernel.chosen_offsets(feats, chosen)
         index = torch.full(chosen.shape, -1, dtype=torch.int64, device=fine.device)
         level_distance = torch.zeros(chosen.shape, dtype=distance.dtype, device=fine.device)
         if cells.numel():
-            found = search_kernel.search(feats, cb, norms, offsets)
+            found, best = search_kernel.search(feats, searched, norms, offsets, frame)
+            if frame is not None:
+                search_kernel.settle_far_rows(feats, cb, frame, best, found, offsets)
             index.view(-1)[cells] = found
             level_distance.view(-1)[cells] = search_kernel.winner_distance(
                 feats, cb, found, metric == "cosine", offsets

@@ -28,6 +28,8 @@ import triton.language as tl
 from patchvq.triton import INTERPRETED, launch_configs
 
 _FMA_BLOCK_D = 8
+# Where the shift starts in a frame buffer (see frame_buffer): scale first, then this padding.
+FRAME_PAD: tl.constexpr = tl.constexpr(64)
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ HALF_TILES = [
 ]
 # IEEE float32 products run on CUDA cores, where a whole resident row spills and chunks of 16 do not.
 SINGLE_TILES = [
-    Tile(64, 64, 4, 2, resident_d=0, chunk_d=16),
+    Tile(64, 64, 4, 1, resident_d=0, chunk_d=16),
     Tile(128, 64, 8, 2, resident_d=0, chunk_d=16),
     Tile(64, 128, 8, 2, resident_d=0, chunk_d=16),
 ]
@@ -137,16 +139,18 @@ def _program_rows(row_offset_ptr, N, stride_xn, GATHER: tl.constexpr, BLOCK_M: t
 @triton.heuristics({"BLOCK_D": _block_d, "X_RESIDENT": lambda a: a["D"] <= a["BLOCK_D"]})
 @triton.jit
 def _search_kernel(
-    x_ptr, row_offset_ptr, codebook_ptr, code_norm_ptr, index_ptr,
+    x_ptr, row_offset_ptr, codebook_ptr, code_norm_ptr, frame_ptr, index_ptr, best_ptr,
     N, K, D, SIZE_CLASS,
     stride_xn, stride_xd, stride_ck, stride_cd,
     GATHER: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, FMA_DOT: tl.constexpr,
-    NAN_TO_INF: tl.constexpr,
+    NAN_TO_INF: tl.constexpr, FRAME: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, RESIDENT_D: tl.constexpr, CHUNK_D: tl.constexpr,
     BLOCK_D: tl.constexpr, X_RESIDENT: tl.constexpr,
 ):
     rows, row_ok, row_start = _program_rows(row_offset_ptr, N, stride_xn, GATHER, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
+    if FRAME:
+        scale = tl.load(frame_ptr)
     if X_RESIDENT:
         x_tile = tl.load(
             x_ptr + row_start[:, None] + dims[None, :] * stride_xd,
@@ -154,6 +158,8 @@ def _search_kernel(
         )
         if UPCAST:
             x_tile = x_tile.to(tl.float32)
+        if FRAME:
+            x_tile = x_tile * scale - tl.load(frame_ptr + FRAME_PAD + dims)[None, :]
     best = tl.full([BLOCK_M], float("inf"), ACC)
     best_index = tl.zeros([BLOCK_M], tl.int32)
     for k0 in range(0, K, BLOCK_N):
@@ -183,6 +189,8 @@ def _search_kernel(
                 if UPCAST:
                     x_chunk = x_chunk.to(tl.float32)
                     code_chunk = code_chunk.to(tl.float32)
+                if FRAME:
+                    x_chunk = x_chunk * scale - tl.load(frame_ptr + FRAME_PAD + chunk)[None, :]
                 dot = _tile_dot(x_chunk, code_chunk, dot, ACC, FMA_DOT)
         norms = tl.load(code_norm_ptr + codes, mask=code_ok, other=float("inf"))
         score = norms[None, :] - 2.0 * dot
@@ -194,6 +202,80 @@ def _search_kernel(
         best = tl.where(better, block_best, best)
         best_index = tl.where(better, block_index + k0, best_index)
     tl.store(index_ptr + rows, best_index.to(tl.int64), mask=row_ok)
+    tl.store(best_ptr + rows, best, mask=row_ok)
+
+
+@triton.jit
+def _power_of_two_below(v, ACC: tl.constexpr):
+    """The power of two 2^floor(log2 v) of positive normal values v (their exponent bits alone)."""
+    if ACC == tl.float64:
+        bits = v.to(tl.int64, bitcast=True) & 0x7FF0000000000000
+        power = bits.to(tl.float64, bitcast=True)
+    else:
+        bits = v.to(tl.int32, bitcast=True) & 0x7F800000
+        power = bits.to(tl.float32, bitcast=True)
+    return power
+
+
+@triton.jit
+def _far_rows_kernel(
+    x_ptr, row_offset_ptr, codebook_ptr, frame_ptr, best_ptr, index_ptr,
+    N, K, D,
+    stride_xn, stride_xd, stride_ck, stride_cd,
+    GATHER: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Rows whose best score left the range (far from the codebook relative to its scale, see
+    `search`): every code again by direct squared differences, all values scaled by the power of
+    two that brings the row's and the codebook's largest |value| below 1; ties to the smallest
+    code. A block without such rows only reads best."""
+    rows, row_ok, row_start = _program_rows(row_offset_ptr, N, stride_xn, GATHER, BLOCK_M)
+    best = tl.load(best_ptr + rows, mask=row_ok, other=0.0)
+    far = row_ok & ((best != best) | (tl.abs(best) == float("inf")))  # noqa: PLR0124
+    if tl.sum(far.to(tl.int32), 0) > 0:
+        largest = tl.zeros([BLOCK_M], ACC)
+        for d0 in range(0, D, BLOCK_D):
+            dims = d0 + tl.arange(0, BLOCK_D)
+            xs = tl.load(x_ptr + row_start[:, None] + dims[None, :] * stride_xd,
+                         mask=far[:, None] & (dims[None, :] < D), other=0.0).to(ACC)
+            largest = tl.maximum(largest, tl.max(tl.where(xs == xs, tl.abs(xs), 0.0), 1))  # noqa: PLR0124
+        largest = tl.where((largest > 0) & (largest < float("inf")), largest, 1.0)
+        # frame[0] = 2^-e for the codebook's largest |value| in [2^(e-1), 2^e).
+        scale = tl.minimum(tl.load(frame_ptr), 0.5 / _power_of_two_below(largest, ACC))
+        winner = tl.zeros([BLOCK_M], tl.int64)
+        winner_total = tl.full([BLOCK_M], float("inf"), ACC)
+        for c in range(0, K):
+            total = tl.zeros([BLOCK_M], ACC)
+            for d0 in range(0, D, BLOCK_D):
+                dims = d0 + tl.arange(0, BLOCK_D)
+                ok = far[:, None] & (dims[None, :] < D)
+                xs = tl.load(x_ptr + row_start[:, None] + dims[None, :] * stride_xd, mask=ok, other=0.0).to(ACC)
+                code = tl.load(codebook_ptr + c * stride_ck + dims * stride_cd, mask=dims < D, other=0.0).to(ACC)
+                diff = xs * scale[:, None] - code[None, :] * scale[:, None]
+                total += tl.sum(diff * diff, 1)
+            better = total < winner_total
+            winner_total = tl.where(better, total, winner_total)
+            winner = tl.where(better, c, winner)
+        tl.store(index_ptr + rows, winner, mask=far)
+
+
+def settle_far_rows(
+    x: torch.Tensor, codebook: torch.Tensor, frame: torch.Tensor, best: torch.Tensor, index: torch.Tensor,
+    row_offsets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """index with the rows whose best score (from `search` with this frame) is not finite searched
+    again by direct differences against codebook[K, D] (unframed, x's dtype); in place, no host sync."""
+    n, offsets, gather = _rows(x, row_offsets)
+    if n == 0:
+        return index
+    block_m = 16 if INTERPRETED else 64
+    _far_rows_kernel[(triton.cdiv(n, block_m),)](
+        x, offsets, codebook, frame, best, index,
+        n, codebook.shape[0], codebook.shape[1],
+        x.stride(0), x.stride(1), codebook.stride(0), codebook.stride(1),
+        GATHER=gather, ACC=_acc(x.dtype), BLOCK_M=block_m,
+        BLOCK_D=min(64, max(16, triton.next_power_of_2(codebook.shape[1]))), num_warps=4,
+    )
+    return index
 
 
 @triton.jit
@@ -232,29 +314,47 @@ def _rows(x: torch.Tensor, row_offsets: torch.Tensor | None) -> tuple[int, torch
     return row_offsets.shape[0], row_offsets, True
 
 
+
+
+def frame_buffer(shift: torch.Tensor, scale: float) -> torch.Tensor:
+    """The frame as the search kernel reads it: [scale, 0..., shift (D values), 0...], scale at
+    0 and the shift from FRAME_PAD on, zero-padded so the kernel loads whole column blocks
+    without masks (the codebook's padded columns are zero, so the padding never counts)."""
+    d = shift.shape[0]
+    buffer = shift.new_zeros(FRAME_PAD + max(16, triton.next_power_of_2(d), d + 64))
+    buffer[0] = scale
+    buffer[FRAME_PAD : FRAME_PAD + d] = shift
+    return buffer
+
+
 def search(
-    x: torch.Tensor, codebook: torch.Tensor, code_norms: torch.Tensor, row_offsets: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Index int64[N] of the code minimising ||e||^2 - 2 x.e for each row of x[N, D]; ties to the smallest.
+    x: torch.Tensor, codebook: torch.Tensor, code_norms: torch.Tensor, row_offsets: torch.Tensor | None = None,
+    frame: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index int64[N] of the code minimising ||e||^2 - 2 x.e for each row of x[N, D], ties to the
+    smallest, and that score (non-finite where the row's scores left the dtype's range).
 
     x and codebook[K, D] share one dtype; code_norms[K] holds ||e||^2 in the accumulation dtype.
+    With frame in the accumulation dtype (see `frame_buffer`), row values enter as
+    x * scale - shift (the codebook given already in that frame, see reference.search_frame).
     With row_offsets int64[M], row i starts at element row_offsets[i] of x's storage and its D
     values are x.stride(1) apart (a gather from a [B, D, H, W] map without copying), giving [M].
     """
     n, offsets, gather = _rows(x, row_offsets)
     k, d = codebook.shape
     index = torch.empty(n, dtype=torch.int64, device=x.device)
+    best = torch.empty(n, dtype=code_norms.dtype, device=x.device)
     if n == 0:
-        return index
+        return index, best
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)
     _search_kernel[grid](
-        x, offsets, codebook, code_norms, index,
+        x, offsets, codebook, code_norms, code_norms if frame is None else frame, index, best,
         n, k, d, size_class(n, k),
         x.stride(0), x.stride(1), codebook.stride(0), codebook.stride(1),
         GATHER=gather, ACC=_acc(x.dtype), UPCAST=INTERPRETED and x.dtype == torch.bfloat16,
-        FMA_DOT=x.dtype == torch.float64, NAN_TO_INF=INTERPRETED,
+        FMA_DOT=x.dtype == torch.float64, NAN_TO_INF=INTERPRETED, FRAME=frame is not None,
     )
-    return index
+    return index, best
 
 
 def winner_distance_blocks(d: int) -> dict:
