@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-BLOCK_ELEMENTS = 1 << 20  # logits per block: 4 MiB in float32
+BLOCK_ELEMENTS = 1 << 18  # logits per block: 1 MiB in float32
 
 
 def block_rows(k: int) -> int:
@@ -35,7 +35,7 @@ def logits(x: torch.Tensor, codes: torch.Tensor, metric: str) -> torch.Tensor:
 
 def _gumbel(shape, device, generator=None) -> torch.Tensor:
     u = torch.rand(shape, device=device, generator=generator)
-    return -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
 
 
 @torch.no_grad()
