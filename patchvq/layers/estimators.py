@@ -48,3 +48,15 @@ def rotation_trick(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
     w = F.normalize(u + q, dim=-1, eps=_SAFE).detach()
     rotated = x - 2 * (x * w).sum(-1, keepdim=True) * w + 2 * (x * u).sum(-1, keepdim=True) * q
     return rotated * (norm_q / norm_x.clamp_min(_SAFE)).detach()
+
+
+def rotation_trick_grad(x: torch.Tensor, quantized: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The gradient into x [..., D] of rotation_trick(x, quantized) for an output gradient `grad`, recomputed
+    from x and quantized: s (g - 2 (g.w) w + 2 (g.q) u) with u, q, w and s = |quantized|/|x| as there."""
+    norm_x = x.norm(dim=-1, keepdim=True)
+    norm_q = quantized.norm(dim=-1, keepdim=True)
+    u = x / norm_x.clamp_min(_SAFE)
+    q = quantized / norm_q.clamp_min(_SAFE)
+    w = F.normalize(u + q, dim=-1, eps=_SAFE)
+    out = grad - 2 * (grad * w).sum(-1, keepdim=True) * w + 2 * (grad * q).sum(-1, keepdim=True) * u
+    return out * (norm_q / norm_x.clamp_min(_SAFE))

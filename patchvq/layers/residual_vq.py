@@ -11,8 +11,49 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from patchvq.layers import distributed
+from patchvq.layers import distributed, estimators, kmeans
 from patchvq.layers.vector_quantize import VectorQuantize, _directional_reparam
+from patchvq.ops import nearest_code
+
+_BLOCK = 4096  # rows per block in the fused backward
+
+
+class _ResidualCodes(torch.autograd.Function):
+    """Output sum_i q_i and per-quantizer commitment losses of residual quantisation, whose backward recomputes
+    the residuals from the input and the indices a block of rows at a time.
+
+    The forward already ran the searches (`indices` [Q, N], `codes` the Q codebooks as searched); it
+    saves only the input rows and the indices, so a training step holds a few N x D buffers whatever
+    the number of quantizers. Gradient into x: for each quantizer, the rotation trick's (or the
+    identity with straight-through) map of the output gradient at that quantizer's residual, plus
+    the commitment gradient weight * 2 (r_i - q_i) / (N D).
+    """
+
+    @staticmethod
+    def forward(ctx, x, indices, summed, losses, codes, rotation, weights):
+        ctx.save_for_backward(x, indices)
+        ctx.codes, ctx.rotation, ctx.weights = codes, rotation, weights
+        ctx.mark_non_differentiable(indices)
+        return summed, losses
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_losses):
+        x, indices = ctx.saved_tensors
+        n, d = x.shape
+        grad_x = torch.zeros_like(x)
+        scale = 2.0 / max(n * d, 1)
+        for start in range(0, n, _BLOCK):
+            r = x[start : start + _BLOCK].clone()
+            g = None if grad_out is None else grad_out[start : start + _BLOCK]
+            acc = grad_x[start : start + _BLOCK]
+            for i, codes in enumerate(ctx.codes):
+                q = F.embedding(indices[i, start : start + _BLOCK], codes).to(r.dtype)
+                if g is not None:
+                    acc += estimators.rotation_trick_grad(r, q, g) if ctx.rotation else g
+                if grad_losses is not None and ctx.weights[i] != 0:
+                    acc += (grad_losses[i] * ctx.weights[i] * scale) * (r - q)
+                r -= q
+        return grad_x, None, None, None, None, None, None
 
 
 class ImplicitCodebookMLP(torch.nn.Module):
@@ -200,6 +241,8 @@ class ResidualVQ(torch.nn.Module):
             raise ValueError("patchvq: indices passed to ResidualVQ hold -1 (dropped quantizers); "
                              "take them from eval mode")
         orig = x
+        if not returning_loss and mask is None and self._fusable():
+            return self._fused_forward(x, return_all_codes, freeze_codebook, rand_quantize_dropout_fixed_seed)
         x = self.project_in(x.movedim(1, -1) if self.accept_image_fmap else x)
         if self.accept_image_fmap:
             x = x.movedim(-1, 1)
@@ -263,6 +306,95 @@ class ResidualVQ(torch.nn.Module):
         if not return_all_codes:
             return quantized_out, all_indices, all_losses
         return quantized_out, all_indices, all_losses, self.get_codes_from_indices(all_indices)
+
+
+    def _dropout_last(self, seed) -> int:
+        if not (self.training and self.quantize_dropout):
+            return self.num_quantizers - 1
+        if seed is None:
+            seed = _maybe_sync_seed(self.layers[0].codebook.device)
+        last = random.Random(seed).randrange(self.quantize_dropout_cutoff_index, self.num_quantizers)
+        if self.quantize_dropout_multiple_of != 1:
+            m = self.quantize_dropout_multiple_of
+            last = -(-(last + 1) // m) * m - 1
+        return last
+
+    def _fusable(self) -> bool:
+        """Whether the fused path (_ResidualCodes) computes what the layer loop would: EMA or fixed Euclidean
+        codebooks, straight-through or rotation-trick gradients, squared commitment loss, channel-last input."""
+        if self.implicit_neural_codebook or self.diveq or self.accept_image_fmap or self.quant_grad_frac != 0:
+            return False
+        for layer in self.layers:
+            if (layer.learnable_codebook or layer._books()[0].learnable or layer.use_cosine_sim
+                    or layer.affine is not None or layer.vq_bridge is not None or layer.heads != 1
+                    or layer.stochastic_sample_codes and self.training or layer.straight_through
+                    or layer.directional_reparam or layer.commitment_use_cross_entropy_loss
+                    or layer.codebook_diversity_loss_weight > 0 or layer.orthogonal_reg_weight > 0
+                    or layer.sync_update_v > 0 or layer.in_place_codebook_optimizer is not None
+                    or not layer.route_gradients_to_input or layer.has_projections):
+                return False
+        return True
+
+    def _fused_forward(self, x, return_all_codes, freeze_codebook, seed):
+        """The layer loop for _fusable configurations: one search and one EMA update per quantizer, the
+        residual updated in place, nothing per quantizer kept for backward but its indices."""
+        rows_in = self.project_in(x)
+        shape = rows_in.shape
+        rows = rows_in.reshape(-1, self.codebook_dim)
+        last = self._dropout_last(seed)
+        training = self.training
+        residual = rows.detach().clone()
+        summed = torch.zeros_like(residual)
+        n = rows.shape[0]
+        indices = torch.full((self.num_quantizers, n), -1, dtype=torch.long, device=rows.device)
+        losses = torch.zeros(self.num_quantizers, device=rows.device)
+        used_codes, weights, samples = [], [], []
+        reviving_shared = self.shared_codebook and training and not freeze_codebook
+        for i, layer in enumerate(self.layers[: last + 1]):
+            book = layer.codebook_module
+            if training:
+                book.maybe_init(residual)
+            codes = book.weight.detach().clone() if training else book.weight.detach()
+            index, _ = nearest_code(residual, codes, "l2")
+            weight = layer.commitment_weight if (training and layer.has_commitment_loss) else 0.0
+            squared = torch.zeros((), device=rows.device)
+            for start in range(0, n, _BLOCK):  # blocks of rows: no N x D temporaries
+                q = F.embedding(index[start : start + _BLOCK], codes).to(residual.dtype)
+                r = residual[start : start + _BLOCK]
+                if weight != 0:
+                    squared += (r - q).float().pow(2).sum()
+                summed[start : start + _BLOCK] += q
+                if not (training and not freeze_codebook):
+                    r -= q
+            if weight != 0 and n:
+                losses[i] = squared / (n * self.codebook_dim) * weight
+            if training and not freeze_codebook:
+                layer._update_book(book, 0, residual, index, layer.ema_update, None, False)
+                if reviving_shared and book.threshold_ema_dead_code > 0:
+                    samples.append(kmeans.sample_rows(residual, torch.ones(n, dtype=torch.bool,
+                                                                           device=residual.device),
+                                                      book.num_codes)[0])
+                for start in range(0, n, _BLOCK):
+                    residual[start : start + _BLOCK] -= F.embedding(index[start : start + _BLOCK], codes)
+            indices[i] = index
+            used_codes.append(codes)
+            weights.append(weight)
+        del residual
+        if reviving_shared:
+            shared = self.layers[0]
+            if self.vq_is_ema_updating:
+                shared.update_ema()
+            if samples:
+                shared.expire_codes_(torch.cat(samples))
+        rotation = self.layers[0].rotation_trick
+        if training and torch.is_grad_enabled() and rows.requires_grad and x.requires_grad:
+            summed, losses = _ResidualCodes.apply(rows, indices[: last + 1], summed, losses, tuple(used_codes),
+                                                  rotation, tuple(weights))
+        quantized = self.project_out(summed.reshape(shape))
+        all_indices = indices.t().reshape(*shape[:-1], self.num_quantizers)
+        if not return_all_codes:
+            return quantized, all_indices, losses
+        return quantized, all_indices, losses, self.get_codes_from_indices(all_indices)
 
 
 class GroupedResidualVQ(torch.nn.Module):
