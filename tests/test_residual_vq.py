@@ -135,3 +135,32 @@ def test_implicit_neural_codebook_state_dict_from_vector_quantize_pytorch():
     x = torch.randn(2, 20, 8)
     for got, want in zip(ours(x), theirs(x)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(rotation_trick=False), dict(shared_codebook=True, threshold_ema_dead_code=2),
+                                    dict(codebook_dim=4), dict(quantize_dropout=True)],
+                         ids=["rotation", "straight-through", "shared-revival", "projected", "dropout"])
+def test_fused_training_path_equals_the_layer_loop(kwargs):
+    """The fused path (indices kept, residuals recomputed in backward) gives the layer loop's indices, outputs,
+    losses, input gradients and codebooks."""
+    torch.manual_seed(0)
+    fused = ResidualVQ(dim=8, num_quantizers=4, codebook_size=16, **kwargs)
+    loop = ResidualVQ(dim=8, num_quantizers=4, codebook_size=16, **kwargs)
+    loop.load_state_dict(fused.state_dict())
+    loop._fusable = lambda: False
+    assert fused._fusable()
+    x, w = torch.randn(2, 3000, 8), torch.randn(2, 3000, 8)
+    for step in range(2):
+        results = []
+        for model in (fused, loop):
+            torch.manual_seed(step)
+            xi = x.clone().requires_grad_()
+            q, indices, losses = model(xi, rand_quantize_dropout_fixed_seed=step)
+            ((q * w).sum() + (losses * torch.arange(1.0, 5.0)).sum()).backward()
+            results.append((q, indices, losses, xi.grad))
+        (q, indices, losses, grad), (q_ref, indices_ref, losses_ref, grad_ref) = results
+        assert torch.equal(indices, indices_ref)
+        torch.testing.assert_close(q, q_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(losses, losses_ref)
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fused.codebooks, loop.codebooks)

@@ -18,6 +18,21 @@ from patchvq.ops import nearest_code
 _BLOCK = 4096  # rows per block in the fused backward
 
 
+def _rotation_coefficients(x, q, g):
+    """Per-row (lam, alpha, beta) [n, 1] with rotation_trick's input gradient = lam g + alpha x + beta q
+    (estimators.rotation_trick_grad in closed form: five row dot products, no N x D temporaries)."""
+    safe = estimators._SAFE
+    dot = torch.linalg.vecdot
+    xx, qq, xq, gx, gq = dot(x, x), dot(q, q), dot(x, q), dot(g, x), dot(g, q)
+    nx, nq = xx.sqrt().clamp_min(safe), qq.sqrt().clamp_min(safe)
+    ns = (xx / nx.square() + qq / nq.square() + 2 * xq / (nx * nq)).clamp_min(0).sqrt().clamp_min(safe)
+    gw = (gx / nx + gq / nq) / ns
+    lam = qq.sqrt() / nx
+    alpha = lam * (-2 * gw / (ns * nx) + 2 * gq / (nq * nx))
+    beta = -2 * lam * gw / (ns * nq)
+    return lam[:, None], alpha[:, None], beta[:, None]
+
+
 class _ResidualCodes(torch.autograd.Function):
     """Output sum_i q_i and per-quantizer commitment losses of residual quantisation, whose backward recomputes
     the residuals from the input and the indices a block of rows at a time.
@@ -49,9 +64,14 @@ class _ResidualCodes(torch.autograd.Function):
             for i, codes in enumerate(ctx.codes):
                 q = F.embedding(indices[i, start : start + _BLOCK], codes).to(r.dtype)
                 if g is not None:
-                    acc += estimators.rotation_trick_grad(r, q, g) if ctx.rotation else g
+                    if ctx.rotation:
+                        lam, alpha, beta = _rotation_coefficients(r, q, g)
+                        acc.addcmul_(g, lam).addcmul_(r, alpha).addcmul_(q, beta)
+                    else:
+                        acc += g
                 if grad_losses is not None and ctx.weights[i] != 0:
-                    acc += (grad_losses[i] * ctx.weights[i] * scale) * (r - q)
+                    c = float(ctx.weights[i] * scale) * grad_losses[i]
+                    acc.addcmul_(r, c).addcmul_(q, -c)
                 r -= q
         return grad_x, None, None, None, None, None, None
 
@@ -357,25 +377,21 @@ class ResidualVQ(torch.nn.Module):
             codes = book.weight.detach().clone() if training else book.weight.detach()
             index, _ = nearest_code(residual, codes, "l2")
             weight = layer.commitment_weight if (training and layer.has_commitment_loss) else 0.0
+            if training and not freeze_codebook:
+                layer._update_book(book, 0, residual, index, layer.ema_update, None, False)
+                if reviving_shared and book.threshold_ema_dead_code > 0:
+                    every = torch.ones(n, dtype=torch.bool, device=residual.device)
+                    samples.append(kmeans.sample_rows(residual, every, book.num_codes)[0])
             squared = torch.zeros((), device=rows.device)
             for start in range(0, n, _BLOCK):  # blocks of rows: no N x D temporaries
                 q = F.embedding(index[start : start + _BLOCK], codes).to(residual.dtype)
                 r = residual[start : start + _BLOCK]
                 if weight != 0:
-                    squared += (r - q).float().pow(2).sum()
+                    squared += F.mse_loss(r.float(), q.float(), reduction="sum")
                 summed[start : start + _BLOCK] += q
-                if not (training and not freeze_codebook):
-                    r -= q
+                r -= q
             if weight != 0 and n:
                 losses[i] = squared / (n * self.codebook_dim) * weight
-            if training and not freeze_codebook:
-                layer._update_book(book, 0, residual, index, layer.ema_update, None, False)
-                if reviving_shared and book.threshold_ema_dead_code > 0:
-                    samples.append(kmeans.sample_rows(residual, torch.ones(n, dtype=torch.bool,
-                                                                           device=residual.device),
-                                                      book.num_codes)[0])
-                for start in range(0, n, _BLOCK):
-                    residual[start : start + _BLOCK] -= F.embedding(index[start : start + _BLOCK], codes)
             indices[i] = index
             used_codes.append(codes)
             weights.append(weight)
