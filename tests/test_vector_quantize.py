@@ -314,3 +314,18 @@ def test_empty_batch(shape):
     assert q.shape == x.shape and index.shape == shape[:2] and float(loss) == 0.0
     assert not bool(vq.codebook_module.initialised), "k-means waits for a batch with rows"
     (q.sum() + loss).backward()
+
+
+def test_lean_rotation_trick_equals_the_plain_one():
+    x = torch.randn(40, 6, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(40, 6, dtype=torch.float64)
+    q[0] = 0  # a zero code and a zero input take the clamped branch
+    x.data[1] = 0
+    w = torch.randn(40, 6, dtype=torch.float64)
+    plain = estimators.rotation_trick(x, q)
+    (grad_plain,) = torch.autograd.grad((plain * w).sum(), x)
+    lean = estimators.rotation_trick_lean(x, q)
+    (grad_lean,) = torch.autograd.grad((lean * w).sum(), x)
+    assert torch.equal(lean, plain)
+    torch.testing.assert_close(grad_lean, grad_plain)
+    torch.testing.assert_close(estimators.rotation_trick_grad(x.detach(), q, w), grad_plain)

@@ -18,21 +18,6 @@ from patchvq.ops import nearest_code
 _BLOCK = 4096  # rows per block in the fused backward
 
 
-def _rotation_coefficients(x, q, g):
-    """Per-row (lam, alpha, beta) [n, 1] with rotation_trick's input gradient = lam g + alpha x + beta q
-    (estimators.rotation_trick_grad in closed form: five row dot products, no N x D temporaries)."""
-    safe = estimators._SAFE
-    dot = torch.linalg.vecdot
-    xx, qq, xq, gx, gq = dot(x, x), dot(q, q), dot(x, q), dot(g, x), dot(g, q)
-    nx, nq = xx.sqrt().clamp_min(safe), qq.sqrt().clamp_min(safe)
-    ns = (xx / nx.square() + qq / nq.square() + 2 * xq / (nx * nq)).clamp_min(0).sqrt().clamp_min(safe)
-    gw = (gx / nx + gq / nq) / ns
-    lam = qq.sqrt() / nx
-    alpha = lam * (-2 * gw / (ns * nx) + 2 * gq / (nq * nx))
-    beta = -2 * lam * gw / (ns * nq)
-    return lam[:, None], alpha[:, None], beta[:, None]
-
-
 class _ResidualCodes(torch.autograd.Function):
     """Output sum_i q_i and per-quantizer commitment losses of residual quantisation, whose backward recomputes
     the residuals from the input and the indices a block of rows at a time.
@@ -65,7 +50,7 @@ class _ResidualCodes(torch.autograd.Function):
                 q = F.embedding(indices[i, start : start + _BLOCK], codes).to(r.dtype)
                 if g is not None:
                     if ctx.rotation:
-                        lam, alpha, beta = _rotation_coefficients(r, q, g)
+                        lam, alpha, beta = estimators.rotation_coefficients(r, q, g)
                         acc.addcmul_(g, lam).addcmul_(r, alpha).addcmul_(q, beta)
                     else:
                         acc += g

@@ -384,7 +384,8 @@ class VectorQuantize(torch.nn.Module):
                 xr = r if topk is None else r[:, None].expand(-1, topk, -1)
                 if input_requires_grad and self.route_gradients_to_input:
                     if self.rotation_trick:
-                        out = estimators.rotation_trick(xr, q)
+                        out = (estimators.rotation_trick_lean(xr, q) if not learning
+                               else estimators.rotation_trick(xr, q))
                     elif self.directional_reparam:
                         out = _directional_reparam(xr, q, self.directional_reparam_variance)
                     elif not learning and topk is None and transformed is None and not self.straight_through:
