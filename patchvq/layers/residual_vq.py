@@ -48,15 +48,19 @@ class _ResidualCodes(torch.autograd.Function):
             acc = grad_x[start : start + _BLOCK]
             for i, codes in enumerate(ctx.codes):
                 q = F.embedding(indices[i, start : start + _BLOCK], codes).to(r.dtype)
-                if g is not None:
-                    if ctx.rotation:
-                        lam, alpha, beta = estimators.rotation_coefficients(r, q, g)
-                        acc.addcmul_(g, lam).addcmul_(r, alpha).addcmul_(q, beta)
-                    else:
-                        acc += g
+                c = None
                 if grad_losses is not None and ctx.weights[i] != 0:
                     c = float(ctx.weights[i] * scale) * grad_losses[i]
-                    acc.addcmul_(r, c).addcmul_(q, -c)
+                if g is not None and ctx.rotation:
+                    lam, alpha, beta = estimators.rotation_coefficients(r, q, g)
+                    if c is not None:  # the commitment gradient c (r - q) folds into the coefficients
+                        alpha, beta = alpha + c, beta - c
+                    acc.addcmul_(g, lam).addcmul_(r, alpha).addcmul_(q, beta)
+                else:
+                    if g is not None:
+                        acc += g
+                    if c is not None:
+                        acc.addcmul_(r, c).addcmul_(q, -c)
                 r -= q
         return grad_x, None, None, None, None, None, None
 
