@@ -5,9 +5,9 @@ Run (from the repository root; the first call builds the C++ kernels):
         --benchmark-only -q -p no:cacheprovider
 
 Shapes: B*N = 65536 rows (B=16, N=4096), D = 64, K in {1024, 4096}, float32, on the CPU with
-torch's default thread count. Both layers: EMA codebook, decay 0.8, commitment weight 1,
-straight-through gradients (vector-quantize-pytorch's rotation trick, its default, is off: it
-costs more), no k-means, no dead-code revival.
+PATCHVQ_BENCH_THREADS threads (default 2). Both layers with their defaults: EMA codebook, decay 0.8,
+commitment weight 1, gradients by the rotation trick (the default of both), no k-means, no
+dead-code revival.
 Timed: a training step (forward with the EMA update, backward of output + loss into the
 input) and an eval forward. Memory: the extra peak resident memory of one training step,
 measured in a fresh subprocess per layer (peak RSS during the step minus RSS before it, after a
@@ -42,7 +42,7 @@ def make_layer(impl: str, codebook_size: int) -> torch.nn.Module:
         return VectorQuantize(**common)
     import vector_quantize_pytorch
 
-    return vector_quantize_pytorch.VectorQuantize(rotation_trick=False, **common)
+    return vector_quantize_pytorch.VectorQuantize(**common)
 
 
 def make_input(length: int = LENGTH) -> torch.Tensor:
@@ -67,6 +67,7 @@ def _status_kib(field: str) -> int:
 
 def extra_peak_bytes(impl: str, codebook_size: int) -> int:
     """Peak resident memory of one training step beyond what the process held before it (this process)."""
+    torch.set_num_threads(int(os.environ.get("PATCHVQ_BENCH_THREADS", "2")))
     layer = make_layer(impl, codebook_size).train()
     x = make_input()
     train_step(layer, make_input(64))  # loads kernels, thread pools and lazy state outside the measurement

@@ -12,11 +12,15 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "VectorQuantize": "patchvq.layers",
+    "ResidualVQ": "patchvq.layers",
+    "GroupedResidualVQ": "patchvq.layers",
+    "upstream_state_dict": "patchvq.layers",
     "PatchVQ": "patchvq.layers",
     "context_richness": "patchvq.layers",
 }
 
-__all__ = ["PatchVQ", "VectorQuantize", "__version__", "code_stats", "context_richness", "nearest_code", "patch_assign"]
+__all__ = ["GroupedResidualVQ", "PatchVQ", "ResidualVQ", "VectorQuantize", "__version__", "code_stats",
+           "context_richness", "nearest_code", "patch_assign", "upstream_state_dict"]
 
 
 def __getattr__(name: str):

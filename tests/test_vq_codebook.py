@@ -204,7 +204,7 @@ def test_state_dict_round_trip_restores_initialisation():
     [
         ({"num_codes": 0, "dim": 3}, "num_codes"),
         ({"num_codes": 4, "dim": 0}, "dim"),
-        ({"num_codes": 4, "dim": 3, "decay": 1.0}, "decay"),
+        ({"num_codes": 4, "dim": 3, "decay": 1.5}, "decay"),
         ({"num_codes": 4, "dim": 3, "eps": 0.0}, "eps"),
         ({"num_codes": 4, "dim": 3, "kmeans_iters": -1}, "kmeans_iters"),
         ({"num_codes": 4, "dim": 3, "threshold_ema_dead_code": -1.0}, "threshold_ema_dead_code"),

@@ -74,6 +74,7 @@ class Codebook(torch.nn.Module):
         self.register_buffer("initialised", torch.tensor(not kmeans_init))
         self.register_buffer("revived", torch.zeros((), dtype=torch.int64))
         self._needs_init = kmeans_init
+        self._pending = None
         self.register_load_state_dict_post_hook(_refresh_init_flag)
 
     def extra_repr(self) -> str:
@@ -134,24 +135,29 @@ class Codebook(torch.nn.Module):
         distributed.broadcast_from_first(centers, sync)
         distributed.broadcast_from_first(count, sync)
         count *= gathered[:, self.dim + 1].sum() / sample.shape[0]
-        self.weight.copy_(centers)
+        self._set_weight(centers)
         self.ema_count.copy_(count)
         self.ema_sum.copy_(centers * count[:, None])
         self.initialised.fill_(True)
         self._needs_init = False
 
     @torch.no_grad()
-    def ema_update(self, x: torch.Tensor, index: torch.Tensor) -> None:
+    def ema_update(self, x: torch.Tensor, index: torch.Tensor, *, weight=None, accumulate: bool = False,
+                   refresh: bool | None = None, revive: bool = True) -> None:
         """EMA of per-code counts and sums of x [N, D] by index int64[N] (-1 = ignore), then dead-code revival.
 
-        Uses patchvq.code_stats (no one-hot, no N x K). With learnable=False the codes move to
-        the smoothed EMA means. Revival draws replacement rows from the valid rows of x.
+        Uses patchvq.code_stats (no one-hot, no N x K). With ema_codes the codes move to the
+        smoothed EMA means (`refresh`, default ema_codes). Revival draws replacement rows from the
+        valid rows of x (`revive`). `weight`: a tensor [K] (or scalar) scaling each code's EMA step
+        (1 - decay) * weight, or a callable (sum [K, D], count [K]) -> such a tensor.
+        `accumulate=True` only adds this batch's statistics to a pending total that the next
+        update without it folds in (several micro-batches, one EMA step); nothing else changes.
         """
         x = self._in_metric_space(x.detach().reshape(-1, self.dim))
         sync = self.syncing()
         rank, world = distributed.rank_and_size(sync)
         count, total = code_stats(x, index, self.num_codes)
-        reviving = self.threshold_ema_dead_code > 0
+        reviving = self.threshold_ema_dead_code > 0 and revive and not accumulate
         if reviving:
             candidates, available = kmeans.sample_rows(x.to(self.weight.dtype), index >= 0, self.num_codes)
             per_rank = count.new_zeros(world)
@@ -163,12 +169,53 @@ class Codebook(torch.nn.Module):
             total = packed[self.num_codes : self.num_codes * (self.dim + 1)].reshape(self.num_codes, self.dim)
             if reviving:
                 per_rank = packed[self.num_codes * (self.dim + 1) :]
-        self.ema_count.lerp_(count.to(self.ema_count.dtype), 1.0 - self.decay)
-        self.ema_sum.lerp_(total.to(self.ema_sum.dtype), 1.0 - self.decay)
-        if self.ema_codes:
-            self.weight.copy_(self._ema_codes())
+        pending = getattr(self, "_pending", None)
+        if accumulate:
+            self._pending = (count, total) if pending is None else (pending[0] + count, pending[1] + total)
+            return
+        if pending is not None:
+            count, total = count + pending[0], total + pending[1]
+            self._pending = None
+        step = 1.0 - self.decay
+        if callable(weight):
+            weight = weight(total, count)
+        if weight is None:
+            self.ema_count.lerp_(count.to(self.ema_count.dtype), step)
+            self.ema_sum.lerp_(total.to(self.ema_sum.dtype), step)
+        else:
+            w = torch.as_tensor(weight, dtype=self.ema_count.dtype, device=self.ema_count.device) * step
+            w = w.reshape(-1) if w.dim() > 0 else w
+            self.ema_count.lerp_(count.to(self.ema_count.dtype), w)
+            self.ema_sum.lerp_(total.to(self.ema_sum.dtype), w[:, None] if w.dim() > 0 else w)
+        if self.ema_codes if refresh is None else refresh:
+            self.refresh_codes()
         if reviving:
             self._revive(candidates, per_rank.round().long(), rank, sync)
+
+    @torch.no_grad()
+    def refresh_codes(self) -> None:
+        """Set the codes to the Laplace-smoothed EMA means (what an EMA update does after its statistics)."""
+        self._set_weight(self._ema_codes())
+
+    @torch.no_grad()
+    def expire(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """Dead-code revival alone: codes whose EMA count is below threshold_ema_dead_code take rows of x [N, D]."""
+        if self.threshold_ema_dead_code <= 0:
+            return
+        x = self._in_metric_space(x.detach().reshape(-1, self.dim)).to(self.weight.dtype)
+        valid = torch.ones(x.shape[0], dtype=torch.bool, device=x.device) if valid is None else valid.reshape(-1)
+        sync = self.syncing()
+        rank, world = distributed.rank_and_size(sync)
+        candidates, available = kmeans.sample_rows(x, valid, self.num_codes)
+        per_rank = self.ema_count.new_zeros(world)
+        per_rank[rank] = available
+        per_rank = distributed.all_reduce_sum(per_rank, sync)
+        self._revive(candidates, per_rank.round().long(), rank, sync)
+
+    def _set_weight(self, value: torch.Tensor) -> None:
+        # .data for a Parameter: an in-place update that autograd does not see (a code used earlier in the
+        # step keeps its graph), as the EMA of a learnable codebook (orthogonal regularisation) needs.
+        (self.weight.data if isinstance(self.weight, torch.nn.Parameter) else self.weight).copy_(value)
 
     def _ema_codes(self) -> torch.Tensor:
         """Codes from the EMA with Laplace-smoothed counts; a code with no mass keeps its value."""
@@ -189,7 +236,7 @@ class Codebook(torch.nn.Module):
         rows = candidates[local.clamp(0, candidates.shape[0] - 1)]
         replacement = distributed.all_reduce_sum(torch.where(mine[:, None], rows, torch.zeros_like(rows)), sync)
         threshold = self.threshold_ema_dead_code
-        self.weight.copy_(torch.where(take[:, None], replacement, self.weight))
+        self._set_weight(torch.where(take[:, None], replacement, self.weight))
         self.ema_count.copy_(torch.where(take, torch.full_like(self.ema_count, threshold), self.ema_count))
         self.ema_sum.copy_(torch.where(take[:, None], replacement * threshold, self.ema_sum))
         self.revived += take.sum()
@@ -228,8 +275,8 @@ def _check_arguments(num_codes, dim, decay, eps, kmeans_iters, threshold, metric
         raise ValueError(f"patchvq: num_codes must be a positive int, got {num_codes!r}")
     if not isinstance(dim, int) or dim < 1:
         raise ValueError(f"patchvq: dim must be a positive int, got {dim!r}")
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"patchvq: decay must be in [0, 1), got {decay!r}")
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"patchvq: decay must be in [0, 1] (1 freezes the EMA), got {decay!r}")
     if not (eps > 0 and math.isfinite(eps)):
         raise ValueError(f"patchvq: eps must be a positive number, got {eps!r}")
     if not isinstance(kmeans_iters, int) or kmeans_iters < 0:

@@ -48,3 +48,45 @@ def rotation_trick(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
     w = F.normalize(u + q, dim=-1, eps=_SAFE).detach()
     rotated = x - 2 * (x * w).sum(-1, keepdim=True) * w + 2 * (x * u).sum(-1, keepdim=True) * q
     return rotated * (norm_q / norm_x.clamp_min(_SAFE)).detach()
+
+
+def rotation_trick_grad(x: torch.Tensor, quantized: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The gradient into x [..., D] of rotation_trick(x, quantized) for an output gradient `grad`, recomputed
+    from x and quantized: s (g - 2 (g.w) w + 2 (g.q) u) with u, q, w and s = |quantized|/|x| as there,
+    in closed form lam g + alpha x + beta q (five row dot products, no unit vectors formed)."""
+    lam, alpha, beta = rotation_coefficients(x, quantized, grad)
+    return grad * lam + x * alpha + quantized * beta
+
+
+def rotation_coefficients(x: torch.Tensor, q: torch.Tensor, g: torch.Tensor):
+    """Per-row (lam, alpha, beta) [..., 1] with rotation_trick's input gradient = lam g + alpha x + beta q."""
+    dot = torch.linalg.vecdot
+    xx, qq, xq, gx, gq = dot(x, x), dot(q, q), dot(x, q), dot(g, x), dot(g, q)
+    nx, nq = xx.sqrt().clamp_min(_SAFE), qq.sqrt().clamp_min(_SAFE)
+    ns = (xx / nx.square() + qq / nq.square() + 2 * xq / (nx * nq)).clamp_min(0).sqrt().clamp_min(_SAFE)
+    gw = (gx / nx + gq / nq) / ns
+    lam = qq.sqrt() / nx
+    alpha = lam * (-2 * gw / (ns * nx) + 2 * gq / (nq * nx))
+    beta = -2 * lam * gw / (ns * nq)
+    return lam[..., None], alpha[..., None], beta[..., None]
+
+
+class _LeanRotation(torch.autograd.Function):
+    @staticmethod
+    def forward(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+        return rotation_trick(x, quantized)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, quantized = ctx.saved_tensors
+        return rotation_trick_grad(x, quantized, grad).to(x.dtype), None
+
+
+def rotation_trick_lean(x: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """rotation_trick's values and input gradient (none to quantized, as there), keeping only x and quantized
+    for the backward instead of the unit vectors and scale of the plain form."""
+    return _LeanRotation.apply(x, quantized)

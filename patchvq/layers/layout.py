@@ -13,11 +13,16 @@ class Layout(NamedTuple):
     channels_last: bool
 
 
-def of_input(x: torch.Tensor, dim: int, channel_last: bool, accept_image_fmap: bool) -> Layout:
+def of_input(x: torch.Tensor, dim: int, channel_last: bool, accept_image_fmap: bool,
+             accept_3d_fmap: bool = False) -> Layout:
     """The layout of x, checked against the expected channel count `dim`; raises ValueError naming the shape."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"patchvq: x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
-    if accept_image_fmap:
+    if accept_3d_fmap:
+        if x.dim() != 5:
+            raise ValueError(f"patchvq: with accept_3d_fmap=True x must be [B, D, T, H, W], got {tuple(x.shape)}")
+        channel_axis, channels_last = 1, False
+    elif accept_image_fmap:
         if x.dim() != 4:
             raise ValueError(f"patchvq: with accept_image_fmap=True x must be [B, D, H, W], got {tuple(x.shape)}")
         channel_axis, channels_last = 1, False
