@@ -83,7 +83,13 @@ def test(args) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     if not dataset.has_masks:
         print("note: the dataset has no defect masks; pixel metrics will be n/a", file=sys.stderr)
-    result = evaluate(run, dataset, batch_size=args.batch_size, progress=_bar(args.quiet))
+    writer = None
+    if args.report:
+        from patchvq.report import ReportWriter
+
+        writer = ReportWriter(report, run, title=f"{run.config.model} ({run.config.backbone}) on {args.data}")
+    result = evaluate(run, dataset, batch_size=args.batch_size, progress=_bar(args.quiet),
+                      on_batch=None if writer is None else writer.add)
     report.mkdir(parents=True, exist_ok=True)
     output.write_csv(report / "scores.csv", result.rows, ["path", "label", "defect", "score", "verdict"])
     metrics = dict(result.metrics, model=run.config.model, backbone=run.config.backbone, data=str(args.data))
@@ -91,6 +97,8 @@ def test(args) -> int:
     print(f"{run.config.model} ({run.config.backbone}) on {args.data}:")
     print(output.metrics_table(result.metrics))
     print(f"metrics in {report / 'metrics.json'}, per-image scores in {report / 'scores.csv'}")
+    if writer is not None:
+        print(f"report in {writer.finish(result)}")
     return 0
 
 

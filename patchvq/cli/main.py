@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     test = commands.add_parser("test", help="score a dataset's test images with a run and report the metrics")
     test.add_argument("data", help="dataset folder with a test split")
     test.add_argument("--run", required=True, help="run folder written by `patchvq train`")
-    test.add_argument("--report", help="folder for metrics.json and the per-image scores (default: the run folder)")
+    test.add_argument("--report", help="folder for an HTML report (index.html), metrics.json and the per-image scores "
+                      "(default: metrics and scores only, in the run folder)")
     test.add_argument("--format", choices=FORMATS, default="auto", help="dataset layout (default: recognise it)")
     test.add_argument("--batch-size", type=_positive, default=8, help="images per batch (default 8)")
     test.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
