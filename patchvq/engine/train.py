@@ -122,7 +122,7 @@ def _start(out: Path, config: Config | None, resume: bool) -> tuple[dict, dict |
 
 
 def _checkpoint_meta(path: Path) -> dict:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -130,7 +130,9 @@ def _checkpoint_meta(path: Path) -> dict:
         if meta.get("phase") not in PHASES or not isinstance(meta.get("config"), dict):
             raise ValueError("no training state")
         return meta
-    except (KeyError, ValueError, OSError, json.JSONDecodeError) as err:
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except (KeyError, ValueError, OSError, json.JSONDecodeError, SafetensorError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt ({err})") from None
 
 
