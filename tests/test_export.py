@@ -63,3 +63,19 @@ def test_predict_refuses_a_file_that_is_not_an_export(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "x.png"), "--onnx", str(bad), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.onnx" in err, err
+
+
+@needs_weights
+@pytest.mark.parametrize("model", ["pvqae", "vqvae", "knn"])
+def test_every_model_exports_with_standard_operators_within_tolerance(category, tmp_path, model):
+    from patchvq.data import open_dataset
+    from patchvq.engine import fit
+    from patchvq.export import export_onnx
+
+    config = tiny_config(model=model, epochs=1, prior_epochs=1)
+    run = fit(open_dataset(category, "mvtec", "train", image_size=64), config, tmp_path / "run", progress=False)
+    if model == "pvqae":
+        assert bool(run.detector.prior_ready)  # the Budget Prior is part of the graph
+    check = export_onnx(run, tmp_path / "model.onnx", repeats=1)
+    assert check.map_error <= 1e-4 and check.score_error <= 1e-4
+    assert (tmp_path / "model.onnx").stat().st_size > 0
