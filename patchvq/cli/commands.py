@@ -63,8 +63,10 @@ def train(args) -> int:
 
 
 def _resumed_size(out: str) -> int:
-    from patchvq.engine.train import CHECKPOINT_FILE, _checkpoint_meta
+    from patchvq.engine.train import CHECKPOINT_FILE, _checkpoint_meta, _start
 
+    if not (Path(out) / CHECKPOINT_FILE).exists():
+        _start(Path(out), None, True)  # raises the reason: a finished run, or no checkpoint
     return int(_checkpoint_meta(Path(out) / CHECKPOINT_FILE)["config"]["image_size"])
 
 
