@@ -41,7 +41,7 @@ def find_chromium() -> str:
 def run(binary: str, url: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         return subprocess.run([binary, *FLAGS, f"--user-data-dir={profile}", *extra, url], capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, check=False)
 
 
 def dump_dom(binary: str, page: Path, *, height: int = 20000, budget_ms: int = 5000) -> str:

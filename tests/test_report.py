@@ -20,7 +20,7 @@ def category(tmp_path_factory):
     root = synthetic_category(tmp_path_factory.mktemp("synthetic"))
     copy = tmp_path_factory.mktemp("marked") / "metal"
     shutil.copytree(root, copy)
-    first = sorted((copy / "test" / "good").glob("*.png"))[0]
+    first = min((copy / "test" / "good").glob("*.png"))
     first.rename(first.with_name(MARKUP + ".png"))
     return copy
 
@@ -70,7 +70,7 @@ def test_report_renders_in_chromium_with_every_image_and_no_injected_script(repo
 
 @needs_weights
 def test_report_pages_past_the_page_size(report, category, tmp_path, monkeypatch):
-    import patchvq.report.writer as writer
+    from patchvq.report import writer
 
     monkeypatch.setattr(writer, "PAGE_SIZE", 4)
     out = tmp_path / "paged"
