@@ -72,11 +72,15 @@ def test_predict_scores_the_readable_images_and_lists_the_rest(category, run_dir
     for p in good:
         (folder / p.name).write_bytes(p.read_bytes())
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.bmp").write_text("not an image")
     code = main(["predict", str(folder), "--run", str(run_dir), "--out", str(tmp_path / "pred")])
     captured = capsys.readouterr()
     assert code == 1
     assert "scored 2 image(s)" in captured.out
-    assert "broken.png" in captured.err and "Traceback" not in captured.err
+    assert "Traceback" not in captured.err
+    for name in ("broken.png", "empty.jpg", "text.bmp"):
+        assert f"could not score {folder / name}" in captured.err
     assert len(list(csv.DictReader((tmp_path / "pred" / "predictions.csv").open()))) == 2
 
 

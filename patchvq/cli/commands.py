@@ -83,7 +83,13 @@ def test(args) -> int:
         print(f"warning: {w.message}", file=sys.stderr)
     if not dataset.has_masks:
         print("note: the dataset has no defect masks; pixel metrics will be n/a", file=sys.stderr)
-    result = evaluate(run, dataset, batch_size=args.batch_size, progress=_bar(args.quiet))
+    writer = None
+    if args.report:
+        from patchvq.report import ReportWriter
+
+        writer = ReportWriter(report, run, title=f"{run.config.model} ({run.config.backbone}) on {args.data}")
+    result = evaluate(run, dataset, batch_size=args.batch_size, progress=_bar(args.quiet),
+                      on_batch=None if writer is None else writer.add)
     report.mkdir(parents=True, exist_ok=True)
     output.write_csv(report / "scores.csv", result.rows, ["path", "label", "defect", "score", "verdict"])
     metrics = dict(result.metrics, model=run.config.model, backbone=run.config.backbone, data=str(args.data))
@@ -91,6 +97,8 @@ def test(args) -> int:
     print(f"{run.config.model} ({run.config.backbone}) on {args.data}:")
     print(output.metrics_table(result.metrics))
     print(f"metrics in {report / 'metrics.json'}, per-image scores in {report / 'scores.csv'}")
+    if writer is not None:
+        print(f"report in {writer.finish(result)}")
     return 0
 
 
@@ -121,7 +129,10 @@ def predict(args) -> int:
     from patchvq.engine import Run
     from patchvq.engine.evaluate import score_images
 
-    run = Run.load(args.run, args.device)
+    if args.onnx:
+        run = _OnnxRun(args.onnx)
+    else:
+        run = Run.load(args.run, args.device)
     paths = _collect_inputs(args.inputs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +151,7 @@ def predict(args) -> int:
         if not batch:
             continue
         images = torch.stack(batch)
-        scored = score_images(run.detector, images)
+        scored = run.score(images) if args.onnx else score_images(run.detector, images)
         for (i, path), image, heat, s in zip(kept, images, scored.maps.cpu(), scored.scores.tolist()):
             name = output.safe_name(i, path) + ".png"
             output.write_png(out / name, output.overlay(image, heat, 0.0, max(run.threshold, 1e-12) * 1.5))
@@ -153,6 +164,53 @@ def predict(args) -> int:
     for path, why in failures:
         print(f"could not score {path}: {why}", file=sys.stderr)
     return 1 if failures else 0
+
+
+class _OnnxRun:
+    """What predict needs of a run, from an exported ONNX model (onnxruntime only)."""
+
+    def __init__(self, file: str):
+        from types import SimpleNamespace
+
+        from patchvq.export import OnnxScorer
+
+        self.scorer = OnnxScorer.load(file)
+        self.threshold = self.scorer.threshold
+        self.config = SimpleNamespace(image_size=self.scorer.image_size)
+        self.detector = SimpleNamespace(image_channels=self.scorer.image_channels)
+
+    def score(self, images: torch.Tensor):
+        from types import SimpleNamespace
+
+        scores, maps = self.scorer(images.numpy())
+        return SimpleNamespace(scores=torch.from_numpy(scores), maps=torch.from_numpy(maps))
+
+
+def export(args) -> int:
+    from patchvq.engine import Run
+    from patchvq.export import export_onnx
+
+    run = Run.load(args.run, "cpu")
+    images = None
+    if args.images:
+        images = _load_images(_collect_inputs([args.images])[:8], run)
+    check = export_onnx(run, args.onnx, images=images, tolerance=args.tolerance)
+    print(f"exported {run.config.model} ({run.config.backbone}) to {args.onnx}: {len(check.ops)} standard ONNX "
+          f"operator types")
+    print(f"checked on {check.images} image(s): maps within {check.map_error:.2g} of their range "
+          f"(tolerance {check.tolerance:g}), scores within {check.score_error:.2g}")
+    print(f"ms per image on this CPU: onnxruntime {check.onnx_ms:.1f}, PyTorch {check.torch_ms:.1f}")
+    return 0
+
+
+def _load_images(paths, run) -> torch.Tensor:
+    import numpy as np
+
+    from patchvq.data.images import read_image, resize_image
+
+    size = (run.config.image_size, run.config.image_size)
+    arrays = [resize_image(read_image(p, run.detector.image_channels), size) for p in paths]
+    return torch.stack([torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))) for a in arrays]).float()
 
 
 def demo(args) -> int:

@@ -20,6 +20,7 @@ def run_demo(out: Path, quiet: bool) -> int:
     from patchvq.engine import Run, evaluate, fit
     from patchvq.engine.checkpoint import write_json
     from patchvq.models.config import Config
+    from patchvq.report import ReportWriter
 
     start = time.perf_counter()
     data = out / "data"
@@ -37,9 +38,10 @@ def run_demo(out: Path, quiet: bool) -> int:
             run = fit(train, config, run_dir, resume=(run_dir / "checkpoint.safetensors").exists(),
                       progress=not quiet)
         test = open_dataset(data / category, "mvtec", "test", image_size=config.image_size)
-        result = evaluate(run, test, progress=_bar(quiet))
         report = out / "reports" / category
-        report.mkdir(parents=True, exist_ok=True)
+        writer = ReportWriter(report, run, title=f"demo: {category}")
+        result = evaluate(run, test, progress=_bar(quiet), on_batch=writer.add)
+        writer.finish(result)
         write_json(report / "metrics.json", dict(result.metrics, model=run.config.model, data=str(data / category)))
         output.write_csv(report / "scores.csv", result.rows, ["path", "label", "defect", "score", "verdict"])
         summary[category] = result.metrics
@@ -47,5 +49,5 @@ def run_demo(out: Path, quiet: bool) -> int:
         print(output.metrics_table(result.metrics))
     mean = sum(m["image_auroc"] for m in summary.values()) / len(summary)
     print(f"mean image AUROC {mean:.4f} over {', '.join(summary)}; {time.perf_counter() - start:.0f} s in all")
-    print(f"data in {data}, runs in {out / 'runs'}, metrics in {out / 'reports'}")
+    print(f"data in {data}, runs in {out / 'runs'}, metrics and HTML reports in {out / 'reports'}/*/index.html")
     return 0

@@ -1,4 +1,4 @@
-"""`patchvq` command line: train, test, predict, demo, info.
+"""`patchvq` command line: train, test, predict, export, demo, info.
 
 Every failure the user can cause (a bad path, option, config or a corrupt file) ends in one
 line on stderr, `patchvq: error: ...`, and exit status 2; never a traceback.
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     test = commands.add_parser("test", help="score a dataset's test images with a run and report the metrics")
     test.add_argument("data", help="dataset folder with a test split")
     test.add_argument("--run", required=True, help="run folder written by `patchvq train`")
-    test.add_argument("--report", help="folder for metrics.json and the per-image scores (default: the run folder)")
+    test.add_argument("--report", help="folder for an HTML report (index.html), metrics.json and the per-image scores "
+                      "(default: metrics and scores only, in the run folder)")
     test.add_argument("--format", choices=FORMATS, default="auto", help="dataset layout (default: recognise it)")
     test.add_argument("--batch-size", type=_positive, default=8, help="images per batch (default 8)")
     test.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
@@ -68,10 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="score images: a CSV of verdicts and one heat-map overlay per image")
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders of images")
-    predict.add_argument("--run", required=True, help="run folder written by `patchvq train`")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run folder written by `patchvq train`")
+    source.add_argument("--onnx", help="a model written by `patchvq export` (scored with onnxruntime alone)")
     predict.add_argument("--out", required=True, help="output folder for predictions.csv and the overlays")
     predict.add_argument("--batch-size", type=_positive, default=8, help="images per batch (default 8)")
     predict.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+
+    export = commands.add_parser("export", help="export a run's scoring model (image in, score and heat map out) to ONNX")
+    export.add_argument("--run", required=True, help="run folder written by `patchvq train`")
+    export.add_argument("--onnx", required=True, help="ONNX file to write (only when it matches PyTorch)")
+    export.add_argument("--images", help="folder of images to check the export on (default: synthetic images)")
+    export.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest map difference allowed, relative to the map's range (default 1e-4)")
 
     demo = commands.add_parser("demo", help="generate the synthetic dataset, train pvqae on it, test it")
     demo.add_argument("--out", default="patchvq-demo", help="output folder (default ./patchvq-demo)")

@@ -133,7 +133,7 @@ def resumable_state(out: str | Path) -> dict:
 
 
 def _checkpoint_meta(path: Path) -> dict:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -141,7 +141,9 @@ def _checkpoint_meta(path: Path) -> dict:
         if meta.get("phase") not in PHASES or not isinstance(meta.get("config"), dict):
             raise ValueError("no training state")
         return meta
-    except (KeyError, ValueError, OSError, json.JSONDecodeError) as err:
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except (KeyError, ValueError, OSError, json.JSONDecodeError, SafetensorError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt ({err})") from None
 
 
