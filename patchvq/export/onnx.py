@@ -39,28 +39,9 @@ class ScoringModel(nn.Module):
         self.detector = detector
 
     def forward(self, images: torch.Tensor):
-        from patchvq.models import scoring
-        from patchvq.models.blocks import upsample_to
-        from patchvq.models.budget_prior import constrain
-
         d = self.detector
-        cfg = d.config
-        size = (cfg.image_size, cfg.image_size)
-        targets = d.targets(images)
-        if cfg.model != "pvqae" or not bool(d.prior_ready):
-            out = d.score_targets(targets, size)
-            return out.scores, out.maps
-        inputs = d.inputs(targets)
-        rec = d.core(inputs)
-        prior = d.prior.prior(rec.coarse_codes)
-        prior_map = constrain(rec.level_map, prior, cfg.prior_threshold)
-        constrained = d.core(inputs, level_map=prior_map)
-        raw = scoring.anomaly_map(inputs, constrained.outputs, cfg.pixel_space, size)
-        if cfg.prior_surprise_weight > 0:
-            p = prior.gather(1, rec.level_map[:, None]).clamp_min(1e-6)
-            raw = raw + upsample_to(-p.log(), size)[:, 0] * cfg.prior_surprise_weight
-        maps = scoring.gaussian_blur(raw, cfg.score_sigma)
-        return scoring.image_scores(maps, cfg.image_score), maps
+        out = d.score_targets(d.targets(images), (d.config.image_size,) * 2)
+        return out.scores, out.maps
 
 
 @dataclass

@@ -56,6 +56,8 @@ _SITES = (
     ("patchvq.models.autoencoder", "nearest_code", dense_nearest_code),
     ("patchvq.models.knn", "nearest_code", dense_nearest_code),
     ("patchvq.layers.codebook", "nearest_code", dense_nearest_code),
+    ("patchvq.layers.vector_quantize", "nearest_code", dense_nearest_code),
+    ("patchvq.layers.residual_vq", "nearest_code", dense_nearest_code),
     ("patchvq.layers.patch_vq", "patch_assign", dense_patch_assign),
 )
 

@@ -117,9 +117,9 @@ class Detector(nn.Module):
         router_map = rec.level_map
         if self.config.model == "pvqae" and bool(self.prior_ready):
             prior = self.prior.prior(rec.coarse_codes)
-            constrained = constrain(rec.level_map, prior, self.config.prior_threshold)
-            if not torch.equal(constrained, rec.level_map):
-                rec = self.core(inputs, level_map=constrained)
+            # Decoded again even where the prior changed nothing: no data-dependent branch, so the
+            # scoring path exports as one graph.
+            rec = self.core(inputs, level_map=constrain(rec.level_map, prior, self.config.prior_threshold))
             rec.prior = prior
         return scoring.term_maps(inputs, rec.outputs, self.config.pixel_space), rec, router_map
 

@@ -28,24 +28,31 @@ def normalize(t: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return t / t.norm(dim=dim, keepdim=True).clamp_min(torch.finfo(t.dtype).tiny)
 
 
-def search_frame(codebook: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """(scale, shift) of the L2 search: values enter as v * scale - shift. scale is the power of
-    two bringing the codebook's largest |value| into [0.5, 1) (scores cannot overflow or
-    underflow), shift the codebook's mean in those units rounded to a few bits (a large common
-    offset costs no precision; inputs of few bits keep exact ties). Neither changes which code
-    is nearest. The C++ kernels compute the same frame while packing the codebook."""
-    largest = float(codebook.detach().abs().max()) if codebook.numel() else 0.0
-    exponent = math.frexp(largest)[1] if 0 < largest < math.inf else 0
-    limit = int(math.log2(torch.finfo(codebook.dtype).max)) - 2
-    exponent = min(max(exponent, -limit), limit)
-    scale = math.ldexp(1.0, -exponent)
-    cb = codebook.detach().double()
-    spread = float(((cb.amax(0) - cb.amin(0)) * scale).max()) if cb.numel() else 0.0
-    if not 0 < spread < math.inf:
-        return scale, torch.zeros(codebook.shape[1], dtype=codebook.dtype, device=codebook.device)
-    quantum = math.ldexp(1.0, math.frexp(spread)[1] - 5)
-    shift = (torch.round(cb.mean(0) * scale / quantum) * quantum).to(codebook.dtype)
-    return scale, torch.nan_to_num(shift, nan=0.0, posinf=0.0, neginf=0.0)
+def search_frame(codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of the L2 search: values enter as v * scale - shift. scale (a 0-d tensor) is
+    the power of two bringing the codebook's largest |value| into [0.5, 1) (scores cannot
+    overflow or underflow), shift the codebook's mean in those units rounded to a few bits (a
+    large common offset costs no precision; inputs of few bits keep exact ties). Neither changes
+    which code is nearest. Computed with tensor ops only, so a GPU codebook is never read back;
+    the C++ kernels compute the same frame while packing the codebook."""
+    cb = codebook.detach()
+    limit = int(math.log2(torch.finfo(cb.dtype).max)) - 2
+    if not cb.numel():
+        return torch.ones((), dtype=cb.dtype, device=cb.device), cb.new_zeros(cb.shape[1])
+    largest = cb.abs().amax()
+    usable = (largest > 0) & torch.isfinite(largest)
+    exponent = torch.frexp(torch.where(usable, largest, torch.ones_like(largest)))[1]
+    exponent = torch.where(usable, exponent, torch.zeros_like(exponent)).clamp(-limit, limit)
+    scale = torch.ldexp(torch.ones((), dtype=torch.float64, device=cb.device), -exponent)
+    wide = cb.double()
+    spread = ((wide.amax(0) - wide.amin(0)) * scale).amax()
+    spread_ok = (spread > 0) & torch.isfinite(spread)
+    spread_exp = torch.frexp(torch.where(spread_ok, spread, torch.ones_like(spread)))[1]
+    quantum = torch.ldexp(torch.ones_like(spread), spread_exp - 5)
+    shift = torch.round(wide.mean(0) * scale / quantum) * quantum
+    shift = torch.where(spread_ok, shift, torch.zeros_like(shift))
+    shift = torch.nan_to_num(shift.to(cb.dtype), nan=0.0, posinf=0.0, neginf=0.0)
+    return scale.to(cb.dtype), shift
 
 
 def search_inputs(

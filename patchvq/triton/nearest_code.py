@@ -316,7 +316,7 @@ def _rows(x: torch.Tensor, row_offsets: torch.Tensor | None) -> tuple[int, torch
 
 
 
-def frame_buffer(shift: torch.Tensor, scale: float) -> torch.Tensor:
+def frame_buffer(shift: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     """The frame as the search kernel reads it: [scale, 0..., shift (D values), 0...], scale at
     0 and the shift from FRAME_PAD on, zero-padded so the kernel loads whole column blocks
     without masks (the codebook's padded columns are zero, so the padding never counts)."""
