@@ -166,3 +166,13 @@ def test_config_validates_and_round_trips(tmp_path):
         Config.from_file(path)
     with pytest.raises(ConfigError, match="does not exist"):
         Config.from_file(tmp_path / "missing.json")
+
+
+@needs_weights
+def test_pvqae_stores_at_least_ten_times_less_than_the_knn_bank():
+    from patchvq.models import Detector
+
+    pvqae = Detector(Config(), 3).stored_bytes()
+    knn = Detector(Config(model="knn"), 3)
+    knn.core.bank = torch.zeros(knn.config.knn_bank, knn.core.bank.shape[1])  # the bank a run fills
+    assert knn.stored_bytes() >= 10 * pvqae, (pvqae, knn.stored_bytes())

@@ -115,6 +115,9 @@ class ReconstructionModel(nn.Module):
         pv = config.patch_vq
         if self.kind == "pvqae":
             self.quantizer = PatchVQ(d, config.strides, config=pv)
+            # The levels come as a list of maps, so PatchVQ's convolutions that derive coarse levels
+            # from one map are never used: not kept, not stored.
+            self.quantizer.downsample = nn.ModuleList()
             self.level_embedding = nn.Embedding(len(config.strides), d)
             nn.init.zeros_(self.level_embedding.weight)
         elif self.kind == "vqvae":
