@@ -5,11 +5,10 @@ PATCHVQ_BENCH_THREADS sets the thread count (default 2) used by torch, OpenMP an
 """
 
 import os
-
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from blas_kernels import configure  # noqa: E402
+from blas_kernels import configure
 
 # Before faiss is imported anywhere: its OpenBLAS reads the setting once, when it loads.
 configure(os.environ)

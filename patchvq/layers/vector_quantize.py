@@ -550,7 +550,7 @@ class VectorQuantize(torch.nn.Module):
 
     def _diversity_loss(self, groups, found, shape):
         index_shape = shape.index_shape
-        batch = index_shape[0] if len(index_shape) > 1 else index_shape[0]
+        batch = index_shape[0]
         positions = int(math.prod(index_shape[1:])) if len(index_shape) > 1 else 1
         codes = torch.stack([c for c, t, _ in found])
         if any(t is not None for _, t, _ in found):

@@ -243,7 +243,7 @@ def _far_rows_kernel(
         scale = tl.minimum(tl.load(frame_ptr), 0.5 / _power_of_two_below(largest, ACC))
         winner = tl.zeros([BLOCK_M], tl.int64)
         winner_total = tl.full([BLOCK_M], float("inf"), ACC)
-        for c in range(0, K):
+        for c in range(K):
             total = tl.zeros([BLOCK_M], ACC)
             for d0 in range(0, D, BLOCK_D):
                 dims = d0 + tl.arange(0, BLOCK_D)
