@@ -18,15 +18,14 @@ printed at the end.
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from versus_upstream import IMPLS, needs, ratio_cells, show_ratio_table, status_kib
 
-IMPLS = ("patchvq", "vector_quantize_pytorch")
 CASES = {
     "rvq": dict(batch=8, length=4096, dim=128),
     "heads": dict(batch=2, length=4096, dim=256),
@@ -68,20 +67,16 @@ def _upstream_gradient(x: torch.Tensor) -> torch.Tensor:
     return _GRADIENTS[key]
 
 
-def _status_kib(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
-
-
 def extra_peak_bytes(impl: str, case: str) -> int:
     torch.set_num_threads(int(os.environ.get("PATCHVQ_BENCH_THREADS", "2")))
     layer = make_layer(impl, case).train()
     x = make_input(case)
     _upstream_gradient(x)
     train_step(layer, make_input(case, 64))
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     train_step(layer, x)
-    return (_status_kib("VmHWM") - before) * 1024
+    return (status_kib("VmHWM") - before) * 1024
 
 
 def ratio_lines() -> list[str]:
@@ -89,39 +84,20 @@ def ratio_lines() -> list[str]:
              "| case | train step (s) theirs / ours | ratio | extra peak memory (MB) theirs / ours | ratio |",
              "|---|---|---|---|---|"]
     for case in CASES:
-        cells = [case]
-        for what, scale in (("train", 1.0), ("memory", 2.0**-20)):
-            theirs, ours = _RESULTS.get((what, IMPLS[1], case)), _RESULTS.get((what, IMPLS[0], case))
-            if theirs is None or ours is None:
-                cells += ["not run", ""]
-                continue
-            cells += [f"{theirs * scale:.3g} / {ours * scale:.3g}", f"{theirs / max(ours, 1e-12):.1f}x"]
+        cells = [case, *ratio_cells(_RESULTS, case, (("train", 1.0), ("memory", 2.0**-20)))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-class _RatioTable:
-    def pytest_terminal_summary(self, terminalreporter):
-        for line in ratio_lines():
-            terminalreporter.write_line(line)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def ratio_table(request):
-    name = "patchvq-residual-vq-ratio-table"
-    if not request.config.pluginmanager.has_plugin(name):
-        request.config.pluginmanager.register(_RatioTable(), name)
-
-
-def _needs(impl: str) -> None:
-    if impl == IMPLS[1]:
-        pytest.importorskip("vector_quantize_pytorch", reason="install the bench extra: pip install -e .[bench]")
+    show_ratio_table(request, "patchvq-residual-vq-ratio-table", ratio_lines)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("impl", IMPLS)
 def test_train_time(benchmark, impl, case):
-    _needs(impl)
+    needs(impl)
     layer, x = make_layer(impl, case).train(), make_input(case)
     train_step(layer, make_input(case, 64))
     benchmark.group = f"{case} train step"
@@ -132,7 +108,7 @@ def test_train_time(benchmark, impl, case):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("impl", IMPLS)
 def test_train_step_extra_memory(benchmark, impl, case):
-    _needs(impl)
+    needs(impl)
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("peak-memory measurement needs Linux /proc/self/clear_refs")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "MALLOC_MMAP_THRESHOLD_": "65536"}

@@ -18,17 +18,16 @@ At the end a table of ratios (theirs / ours, fastest rounds) is printed.
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from versus_upstream import IMPLS, needs, ratio_cells, show_ratio_table, status_kib
 
 BATCH, LENGTH, DIM = 16, 4096, 64
 SIZES = (1024, 4096)
-IMPLS = ("patchvq", "vector_quantize_pytorch")
 _RESULTS: dict[tuple[str, str, int], float] = {}
 
 
@@ -61,20 +60,16 @@ def eval_forward(layer: torch.nn.Module, x: torch.Tensor) -> None:
         layer(x)
 
 
-def _status_kib(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
-
-
 def extra_peak_bytes(impl: str, codebook_size: int) -> int:
     """Peak resident memory of one training step beyond what the process held before it (this process)."""
     torch.set_num_threads(int(os.environ.get("PATCHVQ_BENCH_THREADS", "2")))
     layer = make_layer(impl, codebook_size).train()
     x = make_input()
     train_step(layer, make_input(64))  # loads kernels, thread pools and lazy state outside the measurement
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
     train_step(layer, x)
-    return (_status_kib("VmHWM") - before) * 1024
+    return (status_kib("VmHWM") - before) * 1024
 
 
 def ratio_lines() -> list[str]:
@@ -83,36 +78,14 @@ def ratio_lines() -> list[str]:
              ("| K | train step (s) theirs / ours | ratio | eval forward (s) theirs / ours | ratio "
              "| extra peak memory (MB) theirs / ours | ratio |"), "|---|---|---|---|---|---|---|"]
     for k in SIZES:
-        cells = [str(k)]
-        for what, scale in (("train", 1.0), ("eval", 1.0), ("memory", 2.0**-20)):
-            theirs = _RESULTS.get((what, IMPLS[1], k))
-            ours = _RESULTS.get((what, IMPLS[0], k))
-            if theirs is None or ours is None:
-                cells += ["not run", ""]
-                continue
-            cells += [f"{theirs * scale:.3g} / {ours * scale:.3g}", f"{theirs / max(ours, 1e-12):.1f}x"]
+        cells = [str(k), *ratio_cells(_RESULTS, k, (("train", 1.0), ("eval", 1.0), ("memory", 2.0**-20)))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-class _RatioTable:
-    """Prints the ratio table in pytest's terminal summary, after the benchmark tables."""
-
-    def pytest_terminal_summary(self, terminalreporter):
-        for line in ratio_lines():
-            terminalreporter.write_line(line)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def ratio_table(request):
-    name = "patchvq-vector-quantize-ratio-table"
-    if not request.config.pluginmanager.has_plugin(name):
-        request.config.pluginmanager.register(_RatioTable(), name)
-
-
-def _needs(impl: str) -> None:
-    if impl == IMPLS[1]:
-        pytest.importorskip("vector_quantize_pytorch", reason="install the bench extra: pip install -e .[bench]")
+    show_ratio_table(request, "patchvq-vector-quantize-ratio-table", ratio_lines)
 
 
 @pytest.mark.parametrize("codebook_size", SIZES)
@@ -124,7 +97,7 @@ def test_time(benchmark, mode, impl, codebook_size):
     The ratio table uses the fastest round: on a machine shared with other jobs it is the one
     least disturbed by them.
     """
-    _needs(impl)
+    needs(impl)
     run = train_step if mode == "train" else eval_forward
     layer, x = make_layer(impl, codebook_size).train(mode == "train"), make_input()
     run(layer, make_input(64))
@@ -138,7 +111,7 @@ def test_time(benchmark, mode, impl, codebook_size):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_train_step_extra_memory(benchmark, impl, codebook_size):
     """Runs in a fresh subprocess; the figure goes to extra_info and the ratio table, not the timing table."""
-    _needs(impl)
+    needs(impl)
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("peak-memory measurement needs Linux /proc/self/clear_refs")
     # glibc then maps every block of 64 KiB or more on its own and unmaps it when freed, so the
