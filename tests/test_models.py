@@ -9,6 +9,7 @@ from app_fixtures import needs_weights
 from patchvq.models import Config, ConfigError
 from patchvq.models.budget_prior import BudgetPrior, constrain
 from patchvq.models.efficientnet_lite import EfficientNetLite, weight_file
+from patchvq.models.features import local_average
 from patchvq.models.knn import greedy_coreset
 from patchvq.models.scoring import gaussian_blur, image_scores, ssim_map
 
@@ -146,6 +147,15 @@ def test_scoring_helpers():
     assert ssim_map(x, 1 - x).mean() < 0.5
 
 
+def test_local_average_is_the_mean_of_the_neighbourhood_inside_the_map():
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64)
+    assert torch.equal(local_average(x, 1), x.float())
+    pooled = local_average(x, 3)
+    assert pooled.shape == x.shape
+    assert torch.allclose(pooled[:, :, 3, 4], x[:, :, 2:5, 3:6].mean((-1, -2)).float())
+    assert torch.allclose(pooled[:, :, 0, 0], x[:, :, :2, :2].mean((-1, -2)).float())
+
+
 def test_config_validates_and_round_trips(tmp_path):
     cfg = Config(epochs=3, strides=[8, 16])
     assert Config.from_dict(cfg.to_dict()) == cfg
@@ -154,7 +164,8 @@ def test_config_validates_and_round_trips(tmp_path):
     assert Config.from_file(path) == cfg
     for bad in ({"model": "gan"}, {"epochs": -1}, {"strides": (8, 12)}, {"lr": float("nan")},
                 {"image_size": 100}, {"threshold_quantile": 1.0}, {"bottleneck_stride": 64},
-                {"model": "knn", "backbone": "none"}, {"strides": (8, 16, 64)}, {"epochs": True}):
+                {"model": "knn", "backbone": "none"}, {"strides": (8, 16, 64)}, {"epochs": True},
+                {"feature_pool": 2}, {"feature_pool": 0}):
         with pytest.raises(ConfigError):
             Config(**bad)
     with pytest.raises(ConfigError, match="unknown setting"):

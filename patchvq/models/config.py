@@ -46,6 +46,7 @@ class Config:
     lr: float = 2e-3
     weight_decay: float = 1e-5
     input_noise: float = 0.1
+    feature_pool: int = 1
     seed: int = 0
     val_fraction: float = 0.1
     feature_cache_mb: int = 2048
@@ -83,7 +84,7 @@ class Config:
         _choice("backbone_precision", self.backbone_precision, PRECISIONS)
         for name in ("image_size", "code_dim", "decoder_width", "epochs", "batch_size",
                      "prior_dim", "prior_layers", "prior_heads", "knn_bank", "knn_candidates", "knn_pool",
-                     "feature_cache_mb", "checkpoint_every", "bottleneck_stride"):
+                     "feature_cache_mb", "checkpoint_every", "bottleneck_stride", "feature_pool"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"config: {name} must be a positive integer, got {value!r}")
@@ -105,6 +106,8 @@ class Config:
             raise ConfigError(f"config: score_weights must be two finite weights >= 0, not both 0, got {weights!r}")
         if self.prior_dim % self.prior_heads:
             raise ConfigError(f"config: prior_dim {self.prior_dim} must be a multiple of prior_heads {self.prior_heads}")
+        if self.feature_pool % 2 == 0:
+            raise ConfigError(f"config: feature_pool must be odd (a centred neighbourhood), got {self.feature_pool}")
         _strides("strides", self.strides)
         _strides("knn_strides", self.knn_strides)
         if self.backbone != "none" and not set(self.strides) <= {4, 8, 16, 32}:

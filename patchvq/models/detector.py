@@ -14,7 +14,7 @@ from patchvq.models.autoencoder import Reconstruction, ReconstructionModel
 from patchvq.models.blocks import upsample_to
 from patchvq.models.budget_prior import BudgetPrior, constrain
 from patchvq.models.config import Config
-from patchvq.models.features import FeatureNorm, FeatureSource
+from patchvq.models.features import FeatureNorm, FeatureSource, local_average
 from patchvq.models.knn import MemoryBank
 
 
@@ -89,8 +89,9 @@ class Detector(nn.Module):
         return patch_richness(images.float(), self.config.strides[-1])
 
     def inputs(self, targets: list[torch.Tensor]) -> list[torch.Tensor]:
-        targets = [t.float() for t in targets]
-        return targets if self.norm is None else self.norm(targets)
+        if self.norm is None:
+            return [t.float() for t in targets]
+        return self.norm([local_average(t, self.config.feature_pool) for t in targets])
 
     def training_loss(self, targets, richness, noise: float, generator: torch.Generator | None):
         """(total loss, {part: float}) of one training batch of cached targets."""

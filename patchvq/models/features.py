@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from patchvq.models.efficientnet_lite import EfficientNetLite
@@ -61,6 +62,15 @@ def _cpu_has_bf16() -> bool:
     from patchvq.info import cpu_features
 
     return bool({"avx512_bf16", "amx_tile"} & set(cpu_features()))
+
+
+def local_average(feature: torch.Tensor, pool: int) -> torch.Tensor:
+    """Each position of a map [B, C, H, W] averaged over its pool x pool neighbourhood (stride 1,
+    borders over the cells inside): [B, C, H, W] in float32. pool 1 returns the map."""
+    feature = feature.float()
+    if pool <= 1:
+        return feature
+    return F.avg_pool2d(feature, pool, 1, pool // 2, count_include_pad=False)
 
 
 class FeatureNorm(nn.Module):

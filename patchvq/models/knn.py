@@ -5,10 +5,10 @@ search run on the fused `nearest_code` op, so neither forms an N x M distance ma
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from patchvq.models.blocks import upsample_to
+from patchvq.models.features import local_average
 from patchvq.ops import nearest_code
 
 
@@ -16,9 +16,7 @@ def embed(features: list[torch.Tensor], pool: int) -> torch.Tensor:
     """Locally averaged features of every level, resized to the first level's grid and concatenated:
     [B, sum C_l, H_0, W_0]."""
     size = features[0].shape[-2:]
-    pooled = [F.avg_pool2d(f.float(), pool, 1, pool // 2, count_include_pad=False) if pool > 1 else f.float()
-              for f in features]
-    return torch.cat([upsample_to(p, size) for p in pooled], 1)
+    return torch.cat([upsample_to(local_average(f, pool), size) for f in features], 1)
 
 
 def greedy_coreset(rows: torch.Tensor, size: int, generator: torch.Generator, round_size: int = 256) -> torch.Tensor:
