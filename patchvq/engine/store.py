@@ -2,7 +2,9 @@
 
 The backbone is frozen, so its features of an image never change: they are computed in one
 pass and kept in memory, or, past `limit_mb`, in memory-mapped files in a folder of the run
-(removed when training ends). Pixel-space targets are the images themselves.
+(removed when training ends), which the operating system pages in as batches read them. With
+no limit (Config.cache) they stay in memory whatever their size. Pixel-space targets are the
+images themselves.
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ class TargetStore:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, detector, dataset, *, batch_size: int, limit_mb: int, folder: Path, device, progress) -> TargetStore:
-        """Run the detector's frozen feature source once over `dataset`."""
+    def build(cls, detector, dataset, *, batch_size: int, limit_mb: int | None, folder: Path, device,
+              progress) -> TargetStore:
+        """Run the detector's frozen feature source once over `dataset` (read from disk batch by batch);
+        the targets go to `folder` on disk when larger than `limit_mb` (None: never)."""
         n = len(dataset)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=_images)
         targets, richness, mapped = None, [], None
@@ -55,7 +59,7 @@ class TargetStore:
             dtype = np.float32 if detector.config.pixel_space else np.float16
             if targets is None:
                 per_image = sum(int(np.prod(t.shape[1:])) for t in out) * np.dtype(dtype).itemsize
-                mapped = per_image * n > limit_mb * 2**20
+                mapped = limit_mb is not None and per_image * n > limit_mb * 2**20
                 if mapped:
                     folder.mkdir(parents=True, exist_ok=True)
                     targets = [np.lib.format.open_memmap(folder / f"level{i}.npy", mode="w+", dtype=dtype,
