@@ -1,0 +1,223 @@
+"""Data-parallel training: 2 real processes on gloo (CPU) against one process on the same global batches.
+
+The processes are spawned once per module and run every distributed fit the tests need, each
+writing the trainable state it ends with (or the error it raised) for the tests to compare.
+"""
+
+import datetime
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from app_fixtures import needs_weights, synthetic_category, tiny_config
+from safetensors.torch import load_file, save_file
+
+from patchvq.data import open_dataset
+from patchvq.engine import Run, fit
+from patchvq.engine import train as train_module
+from patchvq.layers.patch_vq import PatchVQConfig
+from patchvq.models.config import Config
+
+WORLD = 2
+# Batches of 7 over the 10 fitted images: steps of 7 (split 4 + 3) and 3 (split 2 + 1), so the
+# per-process loss weighting is exercised on every step.
+BATCH = 7
+
+
+def _exact_config(**changes) -> Config:
+    """A tiny pvqae config whose every random draw has a data-parallel equivalent: no k-means
+    init or dead-code revival (their row samples are drawn per process, see the README)."""
+    cfg = tiny_config(batch_size=BATCH, **changes)
+    return cfg.replace(patch_vq=PatchVQConfig(num_codes=32, kmeans_init=False, threshold_ema_dead_code=0.0))
+
+
+def _reviving_config() -> Config:
+    """Dead-code revival on every step of more codes than rank 0 holds rows, so rank 1's rows are
+    taken too: they are drawn from rank 1's own generator, which a resume has to restore."""
+    cfg = tiny_config(batch_size=BATCH, epochs=3)
+    return cfg.replace(patch_vq=PatchVQConfig(num_codes=512, kmeans_iters=2, threshold_ema_dead_code=30.0))
+
+
+def _jobs() -> dict[str, dict]:
+    return {
+        "exact": {"config": _exact_config().to_dict()},
+        # The method's codebook: k-means init on rows gathered from both processes, revival.
+        "default": {"config": tiny_config(batch_size=BATCH).to_dict()},
+        "too_small_batch": {"config": tiny_config(batch_size=1).to_dict()},
+        "dropped_tail": {"config": tiny_config(batch_size=3, prior_epochs=0).to_dict()},
+        "interrupted": {"config": _reviving_config().to_dict(), "interrupt_after": 1},
+        "uninterrupted": {"config": _reviving_config().to_dict()},
+    }
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _worker(rank: int, world: int, port: int, category: str, root: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    # A rank that fails outside fit makes the other's collectives time out rather than hang the test.
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        root = Path(root)
+        data = open_dataset(category, "mvtec", "train", image_size=64)
+        for name, job in _jobs().items():
+            out = root / name
+            config = Config.from_dict(job["config"])
+            result = {}
+            try:
+                if "interrupt_after" in job:
+                    _fit_interrupted(data, config, out, job["interrupt_after"])
+                    run = fit(data, None, out, resume=True, progress=False)
+                else:
+                    run = fit(data, config, out, progress=False)
+                save_file({k: v.contiguous() for k, v in run.detector.trainable_state().items()},
+                          str(root / f"{name}.rank{rank}.safetensors"))
+                result = {"threshold": run.threshold, "info": run.info}
+            except ValueError as err:
+                result = {"error": f"{type(err).__name__}: {err}"}
+            (root / f"{name}.rank{rank}.json").write_text(json.dumps(result))
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _fit_interrupted(data, config, out, after_epochs: int) -> None:
+    """fit, stopped on every process right after the checkpoint of epoch `after_epochs` is written."""
+    real = train_module._Loop.checkpoint
+
+    def checkpoint(loop, detector, optimizer):
+        real(loop, detector, optimizer)
+        if loop.state["phase"] == "autoencoder" and loop.state["epoch"] == after_epochs:
+            raise _Interrupted
+
+    train_module._Loop.checkpoint = checkpoint
+    try:
+        fit(data, config, out, progress=False)
+    except _Interrupted:
+        pass
+    else:
+        raise AssertionError("the run was not interrupted")
+    finally:
+        train_module._Loop.checkpoint = real
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def category(tmp_path_factory):
+    return synthetic_category(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="module")
+def distributed(category, tmp_path_factory):
+    """The folder with every job's per-rank state and result from one 2-process session."""
+    root = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(WORLD, _free_port(), str(category), str(root)), nprocs=WORLD, join=True)
+    return root
+
+
+def _state(root, name: str, rank: int) -> dict[str, torch.Tensor]:
+    return load_file(str(root / f"{name}.rank{rank}.safetensors"))
+
+
+def _result(root, name: str, rank: int) -> dict:
+    return json.loads((root / f"{name}.rank{rank}.json").read_text())
+
+
+def _assert_ranks_identical(root, name: str) -> None:
+    first, second = _state(root, name, 0), _state(root, name, 1)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), f"{name}: {key} differs between the ranks"
+
+
+@needs_weights
+def test_both_ranks_end_with_identical_weights_and_codebooks(distributed):
+    for name in ("exact", "default"):
+        _assert_ranks_identical(distributed, name)
+        state = _state(distributed, name, 0)
+        assert bool(state["core.quantizer.codebook.initialised"])
+        assert _result(distributed, name, 0)["info"]["processes"] == WORLD
+    # The method's codebook was initialised by k-means (not the random init) and then updated.
+    codes = _state(distributed, "default", 0)["core.quantizer.codebook.weight"]
+    assert torch.isfinite(codes).all() and codes.abs().sum() > 0
+
+
+@needs_weights
+def test_two_processes_match_one_process_on_the_same_global_batch(distributed, category, tmp_path):
+    data = open_dataset(category, "mvtec", "train", image_size=64)
+    single = fit(data, _exact_config(), tmp_path / "single", progress=False)
+    expected = single.detector.trainable_state()
+    got = _state(distributed, "exact", 0)
+    assert got.keys() == expected.keys()
+    steps = single.config.epochs * 2
+    # float32 sums taken in another order differ by a few ulps per step; Adam turns a gradient's relative
+    # error into the same relative error of a step of size <= lr, so a weight can drift by about
+    # steps * lr * (that error). 1e-4 of lr per step bounds it with a wide margin, and a wrong split
+    # (a missing weighting, the same noise on both halves) moves weights by ~lr per step, 1e4 times more.
+    atol = steps * single.config.lr * 1e-4
+    worst = {}
+    for key, value in expected.items():
+        if value.is_floating_point():
+            worst[key] = float((got[key] - value).abs().max())
+            torch.testing.assert_close(got[key], value, rtol=1e-4, atol=atol, msg=key)
+        else:
+            assert torch.equal(got[key], value), key
+    result = _result(distributed, "exact", 0)
+    assert result["threshold"] == pytest.approx(single.threshold, rel=1e-3)
+    # The run rank 0 saved is the one it returned.
+    saved = Run.load(distributed / "exact").detector.trainable_state()
+    assert all(torch.equal(saved[k], got[k]) for k in got)
+    print(f"largest weight difference 2 processes vs 1: {max(worst.values()):.3g} (atol {atol:.3g})")
+
+
+@needs_weights
+def test_resume_of_a_two_process_run_ends_like_an_uninterrupted_one(distributed):
+    _assert_ranks_identical(distributed, "interrupted")
+    resumed, whole = _state(distributed, "interrupted", 0), _state(distributed, "uninterrupted", 0)
+    assert int(whole["core.quantizer.codebook.revived"]) > 0
+    for key in whole:
+        assert torch.equal(resumed[key], whole[key]), key
+
+
+@needs_weights
+def test_a_batch_smaller_than_the_world_is_one_clear_error(distributed):
+    for rank in range(WORLD):
+        error = _result(distributed, "too_small_batch", rank)["error"]
+        assert error.startswith("ConfigError") and "global batch" in error and "at least 2" in error
+
+
+@needs_weights
+def test_a_last_batch_smaller_than_the_world_is_left_out_and_recorded(distributed):
+    info = _result(distributed, "dropped_tail", 0)["info"]
+    assert info["dropped_per_epoch"] == 1 and info["fit_images"] == 10
+    _assert_ranks_identical(distributed, "dropped_tail")
+
+
+@needs_weights
+def test_the_command_line_trains_under_torchrun(category, tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(tiny_config(epochs=1, prior_epochs=1).to_json())
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
+               "-m", "patchvq", "train", str(category), "--out", str(out), "--config", str(config),
+               "--batch-size", "6", "--device", "cpu", "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained pvqae") == 1 and f"on {WORLD} processes" in done.stdout
+    run = Run.load(out)
+    assert run.info["processes"] == WORLD and run.config.batch_size == 6 and run.config.epochs == 1
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "run.json"]
