@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -18,10 +19,12 @@ from app_fixtures import needs_weights, synthetic_category, tiny_config
 from safetensors.torch import load_file, save_file
 
 from patchvq.data import open_dataset
-from patchvq.engine import Run, fit
+from patchvq.engine import Run, fit, parallel
 from patchvq.engine import train as train_module
+from patchvq.engine.store import TargetStore
 from patchvq.layers.patch_vq import PatchVQConfig
 from patchvq.models.config import Config
+from patchvq.models.detector import Detector
 
 WORLD = 2
 # Batches of 7 over the 10 fitted images: steps of 7 (split 4 + 3) and 3 (split 2 + 1), so the
@@ -86,8 +89,23 @@ def _worker(rank: int, world: int, port: int, category: str, root: str) -> None:
                 result = {"error": f"{type(err).__name__}: {err}"}
             (root / f"{name}.rank{rank}.json").write_text(json.dumps(result))
             dist.barrier()
+        _save_store(data, root / f"features.rank{rank}", parallel.current())
     finally:
         dist.destroy_process_group()
+
+
+def _save_store(data, folder, world) -> None:
+    """The feature pass of the fitted images, in batches of 3 (the 10 images make rounds whose last
+    blocks are short or empty) and on disk (no memory allowance), saved with its arrays."""
+    fit_data, _ = train_module.split_train_with(data, 0.1)
+    torch.manual_seed(0)
+    detector = Detector(tiny_config(), data.channels)
+    store = TargetStore.build(detector, fit_data, batch_size=3, limit_mb=0, folder=folder / "cache",
+                              device=torch.device("cpu"), progress=train_module._progress_factory(False), world=world)
+    assert store.folder is not None
+    arrays = {f"level{i}": torch.from_numpy(np.array(t)) for i, t in enumerate(store.targets)}
+    save_file({**arrays, "richness": store.richness}, str(folder.parent / f"{folder.name}.safetensors"))
+    store.close()
 
 
 def _fit_interrupted(data, config, out, after_epochs: int) -> None:
@@ -182,6 +200,26 @@ def test_two_processes_match_one_process_on_the_same_global_batch(distributed, c
     saved = Run.load(distributed / "exact").detector.trainable_state()
     assert all(torch.equal(saved[k], got[k]) for k in got)
     print(f"largest weight difference 2 processes vs 1: {max(worst.values()):.3g} (atol {atol:.3g})")
+
+
+@needs_weights
+def test_the_feature_pass_shared_by_two_processes_gives_each_every_image(distributed, category, tmp_path):
+    data = open_dataset(category, "mvtec", "train", image_size=64)
+    fit_data, _ = train_module.split_train_with(data, 0.1)
+    torch.manual_seed(0)
+    detector = Detector(tiny_config(), data.channels)
+    store = TargetStore.build(detector, fit_data, batch_size=4, limit_mb=None, folder=tmp_path / "unused",
+                              device=torch.device("cpu"), progress=train_module._progress_factory(False))
+    assert store.folder is None and not (tmp_path / "unused").exists()
+    expected = {f"level{i}": t for i, t in enumerate(store.targets)}
+    expected["richness"] = store.richness
+    for rank in range(WORLD):
+        got = load_file(str(distributed / f"features.rank{rank}.safetensors"))
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(got[key], value), (rank, key)
+        # The memory-mapped files are removed with the store.
+        assert not (distributed / f"features.rank{rank}" / "cache").exists()
 
 
 @needs_weights

@@ -72,7 +72,7 @@ def fit(dataset, config: Config | None, out: str | Path, *, resume: bool = False
     cache = out / ("feature-cache" if world.size == 1 else f"feature-cache-rank{world.rank}")
     store = TargetStore.build(detector, fit_data, batch_size=config.batch_size,
                               limit_mb=None if config.cache else config.feature_cache_mb,
-                              folder=cache, device=device, progress=bar)
+                              folder=cache, device=device, progress=bar, world=world)
     optimizer = _optimizer(detector, config, state["phase"])
     if tensors is not None:
         # After the feature pass, whose data loader draws from the global generator.
