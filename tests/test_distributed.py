@@ -182,24 +182,28 @@ def test_two_processes_match_one_process_on_the_same_global_batch(distributed, c
     got = _state(distributed, "exact", 0)
     assert got.keys() == expected.keys()
     steps = single.config.epochs * 2
-    # float32 sums taken in another order differ by a few ulps per step; Adam turns a gradient's relative
-    # error into the same relative error of a step of size <= lr, so a weight can drift by about
-    # steps * lr * (that error). 1e-4 of lr per step bounds it with a wide margin, and a wrong split
-    # (a missing weighting, the same noise on both halves) moves weights by ~lr per step, 1e4 times more.
-    atol = steps * single.config.lr * 1e-4
-    worst = {}
+    # float32 sums taken in another order (gradients, codebook statistics, loss means) differ in the last
+    # bits; Adam scales every step to about lr whatever the gradient's size, so a weight drifts by at most
+    # a small fraction of lr per step. A thousandth of lr per step bounds the measured drift (2e-4) with
+    # margin; a wrong split (no share weighting, the same noise on both halves) moves weights by ~lr per step.
+    # Large buffers (the codebook's EMA counts and sums) also get 1e-5 relative: float32 sums of a few hundred
+    # rows in another order.
+    atol, rtol = steps * single.config.lr * 1e-3, 1e-5
+    diffs = {}
     for key, value in expected.items():
         if value.is_floating_point():
-            worst[key] = float((got[key] - value).abs().max())
-            torch.testing.assert_close(got[key], value, rtol=1e-4, atol=atol, msg=key)
+            diffs[key] = float(((got[key] - value).abs() - rtol * value.abs()).max())
         else:
             assert torch.equal(got[key], value), key
+    worst = max(diffs, key=diffs.get)
+    print(f"largest difference 2 processes vs 1 after {steps} steps, beyond rtol: {diffs[worst]:.3g} ({worst}), "
+          f"atol {atol:.3g}")
+    assert diffs[worst] <= atol, (worst, diffs[worst])
     result = _result(distributed, "exact", 0)
     assert result["threshold"] == pytest.approx(single.threshold, rel=1e-3)
     # The run rank 0 saved is the one it returned.
     saved = Run.load(distributed / "exact").detector.trainable_state()
     assert all(torch.equal(saved[k], got[k]) for k in got)
-    print(f"largest weight difference 2 processes vs 1: {max(worst.values()):.3g} (atol {atol:.3g})")
 
 
 @needs_weights
