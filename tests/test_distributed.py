@@ -51,6 +51,8 @@ def _jobs() -> dict[str, dict]:
         "exact": {"config": _exact_config().to_dict()},
         # The method's codebook: k-means init on rows gathered from both processes, revival.
         "default": {"config": tiny_config(batch_size=BATCH).to_dict()},
+        "vqvae": {"config": tiny_config(model="vqvae", batch_size=BATCH).to_dict()},
+        "ae": {"config": tiny_config(model="ae", batch_size=BATCH).to_dict()},
         "too_small_batch": {"config": tiny_config(batch_size=1).to_dict()},
         "dropped_tail": {"config": tiny_config(batch_size=3, prior_epochs=0).to_dict()},
         "interrupted": {"config": _reviving_config().to_dict(), "interrupt_after": 1},
@@ -169,6 +171,8 @@ def test_both_ranks_end_with_identical_weights_and_codebooks(distributed):
         state = _state(distributed, name, 0)
         assert bool(state["core.quantizer.codebook.initialised"])
         assert _result(distributed, name, 0)["info"]["processes"] == WORLD
+    for name in ("vqvae", "ae"):
+        _assert_ranks_identical(distributed, name)
     # The method's codebook was initialised by k-means (not the random init) and then updated.
     codes = _state(distributed, "default", 0)["core.quantizer.codebook.weight"]
     assert torch.isfinite(codes).all() and codes.abs().sum() > 0

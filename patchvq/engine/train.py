@@ -49,7 +49,8 @@ def fit(dataset, config: Config | None, out: str | Path, *, resume: bool = False
     gradient of the global batch's mean loss and N processes reproduce one. Random draws per
     image are the global batch's (batch_shard). A last batch smaller than the number of
     processes is left out of every epoch (recorded in the run's info). Only rank 0 writes
-    the checkpoint and the run; every process returns the same Run.
+    the checkpoint and the run; every process returns its Run (the trained weights are the
+    same on all; each computes the threshold on the held-out images itself).
     """
     out = Path(out)
     world = parallel.current()
@@ -267,9 +268,10 @@ def _train_autoencoder(detector, optimizer, store, config, loop: _Loop, bar) -> 
     model = detector.core
     if world.size > 1:
         # The codebook keeps its buffers identical on every process (its statistics are summed over them),
-        # so DDP only averages gradients.
+        # so DDP only averages gradients. vqvae and ae read only the bottleneck level: the projections of
+        # the other levels get no gradient.
         model = DistributedDataParallel(detector.core, device_ids=[device.index] if device.type == "cuda" else None,
-                                        forward_sync_buffers=False)
+                                        forward_sync_buffers=False, find_unused_parameters=config.model != "pvqae")
     detector.core.train()
     with bar(total=total, initial=state["epoch"] * per_epoch, desc=config.model, unit="step") as pbar:
         for epoch in range(state["epoch"], config.epochs):
