@@ -1,10 +1,12 @@
-"""Data-parallel training: 2 real processes on gloo (CPU) against one process on the same global batches.
+"""Data-parallel training: 2 real processes on gloo (CPU) against one process on the same global batches,
+and the pieces it is built from (batch slices, sliced random draws, joining a group, --cache).
 
 The processes are spawned once per module and run every distributed fit the tests need, each
 writing the trainable state it ends with (or the error it raised) for the tests to compare.
 """
 
 import datetime
+import itertools
 import json
 import socket
 import subprocess
@@ -22,6 +24,7 @@ from patchvq.data import open_dataset
 from patchvq.engine import Run, fit, parallel
 from patchvq.engine import train as train_module
 from patchvq.engine.store import TargetStore
+from patchvq.layers import batch_shard
 from patchvq.layers.patch_vq import PatchVQConfig
 from patchvq.models.config import Config
 from patchvq.models.detector import Detector
@@ -267,3 +270,80 @@ def test_the_command_line_trains_under_torchrun(category, tmp_path):
     run = Run.load(out)
     assert run.info["processes"] == WORLD and run.config.batch_size == 6 and run.config.epochs == 1
     assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "run.json"]
+
+
+# Without processes: the pieces the data-parallel run is built from.
+
+
+@pytest.mark.parametrize(("size", "total"), [(1, 1), (1, 7), (2, 2), (2, 7), (3, 7), (8, 8), (8, 23)])
+def test_the_slices_of_a_batch_cover_it_in_rank_order_and_differ_by_at_most_one(size, total):
+    slices = [parallel.World(rank, size).slice(total) for rank in range(size)]
+    assert slices[0][0] == 0 and slices[-1][1] == total
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(slices))
+    lengths = [stop - start for start, stop in slices]
+    assert max(lengths) - min(lengths) <= 1 and min(lengths) >= 1
+
+
+def test_draws_inside_a_batch_slice_are_the_whole_batch_draws_cut_to_it():
+    like = torch.zeros(7, 3, 4, 4)
+    with batch_shard.split(0, 7, 7, seed=5):
+        whole = [batch_shard.normal_like(like), batch_shard.exponential_like(like)]
+    parts = []
+    for start, stop in [(0, 4), (4, 7)]:
+        with batch_shard.split(start, stop, 7, seed=5):
+            rows = like[start:stop]
+            parts.append([batch_shard.normal_like(rows), batch_shard.exponential_like(rows)])
+    for k in range(2):
+        assert torch.equal(torch.cat([parts[0][k], parts[1][k]]), whole[k])
+    # Successive draws of a step differ; another seed draws other values.
+    assert not torch.equal(whole[0], whole[1].log())
+    with batch_shard.split(0, 7, 7, seed=6):
+        assert not torch.equal(batch_shard.normal_like(like), whole[0])
+    # Outside a slice, the generator given (or the global one) draws for the rows given.
+    g = torch.Generator().manual_seed(1)
+    assert torch.equal(batch_shard.normal_like(like, g), torch.randn(like.shape, generator=torch.Generator().manual_seed(1)))
+
+
+def test_a_batch_slice_rejects_a_draw_of_another_size_and_nesting():
+    with batch_shard.split(2, 5, 7, seed=0):
+        with pytest.raises(ValueError, match="3 rows"):
+            batch_shard.normal_like(torch.zeros(4, 2))
+        with pytest.raises(RuntimeError, match="nest"), batch_shard.split(0, 1, 1, seed=0):
+            pass
+    with pytest.raises(ValueError, match="start < stop"), batch_shard.split(3, 3, 7, seed=0):
+        pass
+    assert batch_shard._active is None
+
+
+def test_joining_a_process_group_needs_the_launchers_variables(monkeypatch):
+    for name in parallel.LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert parallel.launched()
+    with pytest.raises(RuntimeError, match="torchrun"):
+        parallel.start(None)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not parallel.launched()
+
+
+@needs_weights
+def test_train_cache_keeps_the_images_and_features_in_memory(category, tmp_path, monkeypatch):
+    import patchvq.data
+    from patchvq.cli.main import main
+
+    opened = []
+    real = patchvq.data.open_dataset
+
+    def open_dataset(*args, **kwargs):
+        opened.append(kwargs.get("cache"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(patchvq.data, "open_dataset", open_dataset)
+    config = tmp_path / "tiny.json"
+    config.write_text(tiny_config(model="ae", epochs=1).to_json())
+    assert main(["train", str(category), "--out", str(tmp_path / "run"), "--config", str(config), "--cache",
+                 "--batch-size", "5", "--quiet"]) == 0
+    run = Run.load(tmp_path / "run")
+    assert run.config.cache and run.config.batch_size == 5 and opened == [True]
+    assert main(["train", str(category), "--out", str(tmp_path / "plain"), "--config", str(config), "--quiet"]) == 0
+    assert not Run.load(tmp_path / "plain").config.cache and opened == [True, False]
