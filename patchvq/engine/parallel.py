@@ -72,7 +72,10 @@ def current() -> World:
     """The World of torch.distributed as initialised now (one process when it is not)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return World()
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    # CPU tensors wherever gloo serves them (a "cpu:gloo,cuda:nccl" group included); NCCL alone needs the GPU.
+    backend = str(dist.get_backend())
+    on_gpu = "nccl" in backend and "gloo" not in backend
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     return World(dist.get_rank(), dist.get_world_size(), device)
 
 
