@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from patchvq.cli import output
 
 CONFIG_OPTIONS = {"model": "model", "backbone": "backbone", "epochs": "epochs", "image_size": "image_size",
-                  "seed": "seed"}
+                  "seed": "seed", "batch_size": "batch_size", "cache": "cache"}
 
 
 def describe(err: BaseException) -> str:
@@ -44,28 +44,45 @@ def _config(args):
 
 
 def train(args) -> int:
+    from patchvq.engine import parallel
+
+    if not parallel.launched():
+        return _train(args, args.device)
+    device = parallel.start(args.device)
+    try:
+        return _train(args, device)
+    finally:
+        parallel.stop()
+
+
+def _train(args, device) -> int:
     from patchvq.data import open_dataset
-    from patchvq.engine import fit
+    from patchvq.engine import fit, parallel
     from patchvq.models.config import Config
 
     config = _config(args)
     if config is None and not args.resume:
         config = Config()
-    size = config.image_size if config is not None else _resumed_size(args.out)
-    dataset = open_dataset(args.data, args.format, "train", image_size=size)
+    settings = config if config is not None else _resumed_config(args.out)
+    dataset = open_dataset(args.data, args.format, "train", image_size=settings.image_size, cache=settings.cache)
     start = time.perf_counter()
-    run = fit(dataset, config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    run = fit(dataset, config, args.out, resume=args.resume, device=device, progress=not args.quiet)
     minutes = (time.perf_counter() - start) / 60
-    print(f"trained {run.config.model} ({run.config.backbone}) on {run.info['fit_images']} images in {minutes:.1f} min; "
-          f"threshold {run.threshold:.4g} from {run.info['val_images']} held-out good images")
+    if not parallel.current().main:
+        return 0
+    processes = run.info["processes"]
+    on = f" on {processes} processes" if processes > 1 else ""
+    print(f"trained {run.config.model} ({run.config.backbone}) on {run.info['fit_images']} images{on} in "
+          f"{minutes:.1f} min; threshold {run.threshold:.4g} from {run.info['val_images']} held-out good images")
     print(f"run saved in {run.directory} (model {run.info['stored_mb']:.2f} MB)")
     return 0
 
 
-def _resumed_size(out: str) -> int:
+def _resumed_config(out: str):
     from patchvq.engine.train import resumable_state
+    from patchvq.models.config import Config
 
-    return int(resumable_state(out)["config"]["image_size"])
+    return Config.from_dict(resumable_state(out)["config"])
 
 
 def test(args) -> int:

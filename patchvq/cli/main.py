@@ -48,12 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--format", choices=FORMATS, default="auto", help="dataset layout (default: recognise it)")
     train.add_argument("--model", choices=MODELS, help="pvqae (default), or a baseline: vqvae, ae, knn")
     train.add_argument("--backbone", choices=BACKBONES, help="feature backbone (default efficientnet-lite0); none = pixels")
-    train.add_argument("--epochs", type=_non_negative, help="autoencoder training epochs (default 30)")
+    train.add_argument("--epochs", type=_non_negative, help="autoencoder training epochs (default 12)")
     train.add_argument("--image-size", type=_positive, help="images are resized to this square size (default 256)")
     train.add_argument("--config", help="JSON file of settings (see `patchvq.models.Config`); options above override it")
     train.add_argument("--seed", type=_non_negative, help="random seed (default 0): same data and seed, same model")
+    train.add_argument("--batch-size", type=_positive,
+                       help="images per training step (default 16); under torchrun the global batch, split across "
+                            "the processes")
+    train.add_argument("--cache", action="store_true", default=None,
+                       help="keep everything in memory: the decoded images (all read up front) and the backbone "
+                            "features whatever their size; by default images are read from disk as needed and "
+                            "features past feature_cache_mb go to memory-mapped files in the run folder")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in --out from its checkpoint")
-    train.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    train.add_argument("--device", help="torch device (default: cuda when available, else cpu); under torchrun "
+                       "each process takes cuda:LOCAL_RANK, or give cpu for gloo")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     test = commands.add_parser("test", help="score a dataset's test images with a run and report the metrics")

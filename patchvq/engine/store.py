@@ -2,17 +2,24 @@
 
 The backbone is frozen, so its features of an image never change: they are computed in one
 pass and kept in memory, or, past `limit_mb`, in memory-mapped files in a folder of the run
-(removed when training ends). Pixel-space targets are the images themselves.
+(removed when training ends), which the operating system pages in as batches read them. With
+no limit (Config.cache) they stay in memory whatever their size. Pixel-space targets are the
+images themselves. In data-parallel training the processes share the pass and gather its
+results: each holds every image's targets (its own copy, in memory or in its own folder),
+because every step's global batch is drawn from all images.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
+
+from patchvq.engine.parallel import World
 
 
 class TargetStore:
@@ -42,40 +49,55 @@ class TargetStore:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, detector, dataset, *, batch_size: int, limit_mb: int, folder: Path, device, progress) -> TargetStore:
-        """Run the detector's frozen feature source once over `dataset`."""
+    def build(cls, detector, dataset, *, batch_size: int, limit_mb: int | None, folder: Path, device, progress,
+              world: World | None = None) -> TargetStore:
+        """Run the detector's frozen feature source once over `dataset` (read from disk batch by batch);
+        the targets go to `folder` on disk when larger than `limit_mb` (None: never).
+
+        With several processes (`world`) each computes its own share of the batches and the
+        results are gathered, so every process ends with the targets of every image.
+        """
+        world = world or World()
         n = len(dataset)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=_images)
-        targets, richness, mapped = None, [], None
-        done = 0
+        dtype = torch.float32 if detector.config.pixel_space else torch.float16
+        # The shapes from one image, before any batch: in the last round a process may have none.
+        first = dataset[0]["image"][None].to(device)
+        shapes = [(tuple(t.shape[1:]), t.dtype) for t in _computed(detector, first, dtype)]
+        levels = len(detector.targets(first))
+        np_dtype = np.float32 if dtype == torch.float32 else np.float16
+        per_image = sum(math.prod(shape) for shape, _ in shapes[:levels]) * np.dtype(np_dtype).itemsize
+        mapped = limit_mb is not None and per_image * n > limit_mb * 2**20
+        if mapped:
+            folder.mkdir(parents=True, exist_ok=True)
+            targets = [np.lib.format.open_memmap(folder / f"level{i}.npy", mode="w+", dtype=np_dtype, shape=(n, *shape))
+                       for i, (shape, _) in enumerate(shapes[:levels])]
+        else:
+            targets = [np.empty((n, *shape), dtype=np_dtype) for shape, _ in shapes[:levels]]
+        richness = torch.empty((n, *shapes[levels][0])) if len(shapes) > levels else None
+        stores = targets + ([richness.numpy()] if richness is not None else [])
+        # Round k: process r computes the (up to) batch_size images from (k * processes + r) * batch_size on.
+        rounds = math.ceil(n / (batch_size * world.size))
+        blocks = [[range(min(n, (k * world.size + r) * batch_size), min(n, (k * world.size + r + 1) * batch_size))
+                   for r in range(world.size)] for k in range(rounds)]
+        mine = [i for k in range(rounds) for i in blocks[k][world.rank]]
+        batches = iter(DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=0,
+                                  collate_fn=_images))
         bar = progress(total=n, desc="features", unit="img")
-        for images in loader:
-            images = images.to(device)
-            out = detector.targets(images)
-            dtype = np.float32 if detector.config.pixel_space else np.float16
-            if targets is None:
-                per_image = sum(int(np.prod(t.shape[1:])) for t in out) * np.dtype(dtype).itemsize
-                mapped = per_image * n > limit_mb * 2**20
-                if mapped:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    targets = [np.lib.format.open_memmap(folder / f"level{i}.npy", mode="w+", dtype=dtype,
-                                                         shape=(n, *t.shape[1:])) for i, t in enumerate(out)]
-                else:
-                    targets = [np.empty((n, *t.shape[1:]), dtype=dtype) for t in out]
-            for store, t in zip(targets, out):
-                store[done : done + len(images)] = t.float().cpu().numpy().astype(dtype)
-            rich = detector.richness(images)
-            if rich is not None:
-                richness.append(rich.cpu())
-            done += len(images)
-            bar.update(len(images))
+        for round_blocks in blocks:
+            own = round_blocks[world.rank]
+            parts = _computed(detector, next(batches).to(device), dtype) if len(own) else None
+            for i, (shape, part_dtype) in enumerate(shapes):
+                local = None if parts is None else parts[i]
+                for rows, values in _exchange(world, local, round_blocks, shape, part_dtype, batch_size, device):
+                    stores[i][rows.start : rows.stop] = values.cpu().numpy()
+            bar.update(sum(len(rows) for rows in round_blocks))
         bar.close()
         if mapped:
             for t in targets:
                 t.flush()
         else:
             targets = [torch.from_numpy(t) for t in targets]
-        return cls(targets, torch.cat(richness) if richness else None, folder if mapped else None)
+        return cls(targets, richness, folder if mapped else None)
 
     def channel_stats(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
         """Per-level, per-channel sums and sums of squares (float64) and position counts."""
@@ -91,6 +113,29 @@ class TargetStore:
             squares.append(q.float())
             counts.append(t.shape[0] * t.shape[2] * t.shape[3])
         return sums, squares, counts
+
+
+def _computed(detector, images: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    """What is stored per image of a batch: the targets (in `dtype`), then the richness (pvqae)."""
+    parts = [t.to(dtype) for t in detector.targets(images)]
+    rich = detector.richness(images)
+    return parts if rich is None else [*parts, rich.float()]
+
+
+def _exchange(world: World, local: torch.Tensor | None, blocks: list[range], shape: tuple, dtype: torch.dtype,
+              batch_size: int, device):
+    """(rows, values) of every process's block of one round; `local` is this process's (None: no images)."""
+    if world.size == 1:
+        if local is not None:
+            yield blocks[0], local
+        return
+    # Every process sends a full batch_size block, zero-padded, so the shapes of the gather agree.
+    padded = torch.zeros((batch_size, *shape), dtype=dtype, device=device)
+    if local is not None:
+        padded[: local.shape[0]] = local
+    for rows, values in zip(blocks, world.gather(padded)):
+        if len(rows):
+            yield rows, values[: len(rows)]
 
 
 def _images(items: list[dict]) -> torch.Tensor:

@@ -5,6 +5,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
+from patchvq.layers import batch_shard
+
 
 class DynamicRouter(torch.nn.Module):
     """Logits [B, L, Hc, Wc] over L levels for every patch (one cell of the coarsest grid).
@@ -43,9 +45,10 @@ def hard_gumbel_gate(logits: torch.Tensor, temperature: torch.Tensor | float) ->
     """Hard Gumbel-softmax over dim 1 of logits [B, L, Hc, Wc]: (gate, choice int64[B, Hc, Wc]).
 
     The gate is exactly one-hot in the forward pass (1.0 at the sampled level) and carries the
-    gradient of the tempered softmax of the perturbed logits (straight-through).
+    gradient of the tempered softmax of the perturbed logits (straight-through). The noise is
+    drawn by batch_shard (the global batch's draw inside a data-parallel training step).
     """
-    gumbel = -torch.empty_like(logits).exponential_().log()
+    gumbel = -batch_shard.exponential_like(logits).log()
     soft = ((logits + gumbel) / temperature).softmax(1)
     choice = soft.argmax(1)
     hard = one_hot_gate(choice, logits.shape[1], logits.dtype)

@@ -50,6 +50,7 @@ class Config:
     seed: int = 0
     val_fraction: float = 0.1
     feature_cache_mb: int = 2048
+    cache: bool = False
     checkpoint_every: int = 1
 
     prior_dim: int = 64
@@ -100,6 +101,8 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
                 raise ConfigError(f"config: {name} must be a number strictly between 0 and 1, got {value!r}")
+        if not isinstance(self.cache, bool):
+            raise ConfigError(f"config: cache must be true or false, got {self.cache!r}")
         weights = self.score_weights
         if len(weights) != 2 or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
                                         and w != float("inf") for w in weights) or not sum(weights) > 0:

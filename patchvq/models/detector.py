@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from patchvq.layers import batch_shard
 from patchvq.layers.budget import patch_richness
 from patchvq.models import scoring
 from patchvq.models.autoencoder import Reconstruction, ReconstructionModel
@@ -93,13 +94,14 @@ class Detector(nn.Module):
             return [t.float() for t in targets]
         return self.norm([local_average(t, self.config.feature_pool) for t in targets])
 
-    def training_loss(self, targets, richness, noise: float, generator: torch.Generator | None):
-        """(total loss, {part: float}) of one training batch of cached targets."""
+    def training_loss(self, targets, richness, noise: float, generator: torch.Generator | None, core=None):
+        """(total loss, {part: float}) of one training batch of cached targets, through `core`
+        (default self.core; a DistributedDataParallel wrapper of it in data-parallel training)."""
         clean = self.inputs(targets)
         noisy = clean
         if noise > 0 and self.norm is not None:
-            noisy = [t + noise * torch.randn(t.shape, generator=generator, device=t.device) for t in clean]
-        rec = self.core(noisy, richness=richness)
+            noisy = [t + noise * batch_shard.normal_like(t, generator) for t in clean]
+        rec = (self.core if core is None else core)(noisy, richness=richness)
         rec_loss = scoring.reconstruction_loss(clean, rec.outputs, self.config.pixel_space)
         total = rec_loss + rec.vq_loss
         parts = {"rec": float(rec_loss.detach()), "vq": float(rec.vq_loss.detach())}
