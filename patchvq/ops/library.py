@@ -10,7 +10,7 @@ torch.library.opcheck sees the same op whichever backend runs.
 
 import torch
 
-from patchvq.ops import backend, fake, gradients, validate
+from patchvq.ops import backend, fake, gradients, inputs, validate
 
 NAMESPACE = "patchvq"
 SCHEMAS = {
@@ -65,13 +65,22 @@ def patch_assign_backward(grad_z_q, choice, factors):
     return run(grad_z_q, choice.to(torch.int64), list(factors))
 
 
+def _check_finite(x, codebook):
+    """NaN or Inf in the inputs of topk_code / code_logsumexp is an error (one pass over each;
+    on a GPU a device-side check, no synchronisation)."""
+    inputs.check_finite(x, "x")
+    inputs.check_finite(codebook, "codebook")
+
+
 def topk_code(x, codebook, k=1, metric="l2", temperature=0.0, seed=0, offset=0):
     validate.topk_code(x, codebook, k, metric, temperature, seed, offset)
+    _check_finite(x, codebook)
     return backend.implementation("topk_code", x.device)(x, codebook, k, metric, temperature, seed, offset)
 
 
 def code_logsumexp(x, codebook, metric="l2", scale=1.0):
     validate.code_logsumexp(x, codebook, metric, scale)
+    _check_finite(x, codebook)
     return backend.implementation("code_logsumexp", x.device)(x, codebook, metric, scale)
 
 

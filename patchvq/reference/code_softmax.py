@@ -62,7 +62,7 @@ def random_bits(rows: torch.Tensor, num_codes: int, seed: int, offset: int) -> t
     c2 = torch.full_like(c0, offset & _M32)
     c3 = torch.full_like(c0, (offset >> 32) & _M32)
     words = philox([c0, c1, c2, c3], seed)
-    return torch.stack(words, -1).reshape(rows.shape[0], -1)[:, :num_codes]
+    return torch.stack(words, -1).reshape(rows.shape[0], c0.shape[1] * 4)[:, :num_codes]
 
 
 def gumbel(rows: torch.Tensor, num_codes: int, seed: int, offset: int, dtype: torch.dtype) -> torch.Tensor:
