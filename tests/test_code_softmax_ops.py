@@ -257,3 +257,26 @@ def test_no_n_by_k_buffer_is_allocated():
     extra = json.loads(done.stdout.strip().splitlines()[-1])
     for name, used in extra.items():
         assert used < n * k * 4 / 16, (name, used / 2**20)
+
+
+@pytest.mark.parametrize("args,error,match", [
+    ((0, "l2", 0.0, 0, 0), ValueError, r"k must be in \[1, K=5\]"),
+    ((1, "cosine", 0.0, 0, 0), ValueError, "metric must be"),
+    ((1, "l2", -0.5, 0, 0), ValueError, "temperature must be finite and >= 0"),
+    ((1, "l2", 0.0, -3, 0), ValueError, "seed and offset must be >= 0"),
+])
+def test_the_native_kernel_checks_its_arguments_itself(args, error, match):
+    """torch.ops reaches the compiled kernel without the Python checks: it checks on its own."""
+    from patchvq.ops import backend
+
+    try:
+        topk = backend.kernel("native", "topk_code")
+    except backend.BackendUnavailable as exc:
+        pytest.skip(str(exc))
+    x, cb = inputs(3, 5, 4)
+    with pytest.raises(error, match=match):
+        topk(x, cb, *args)
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+        backend.kernel("native", "code_logsumexp")(x.long(), cb, "l2", 1.0)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        backend.kernel("native", "code_logsumexp")(x, cb, "l2", float("nan"))

@@ -148,19 +148,10 @@ class LogsumexpVisitor {
   acc_t max_[MR], sum_[MR];
 };
 
-void check_arguments(const at::Tensor& x, const at::Tensor& codebook) {
-  check_float_matrix(x, "x");
-  check_codebook(codebook, x.size(1), x, "x");
-}
-
 at::Tensor topk_code_cpu(const at::Tensor& x, const at::Tensor& codebook, int64_t k, c10::string_view metric,
                          double temperature, int64_t seed, int64_t offset) {
-  check_arguments(x, codebook);
-  const Logit logit = parse_logit(metric);
-  TORCH_CHECK_VALUE(k >= 1 && k <= codebook.size(0), "patchvq: k must be in [1, K=", codebook.size(0), "], got ", k);
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature >= 0,
-                    "patchvq: temperature must be finite and >= 0 (0 turns the noise off), got ", temperature);
-  TORCH_CHECK_VALUE(seed >= 0 && offset >= 0, "patchvq: seed and offset must be >= 0, got ", seed, " and ", offset);
+  const Logit logit = check_logit_arguments(x, codebook, metric) ? Logit::Dot : Logit::L2;
+  check_topk_arguments(codebook, k, temperature, seed, offset);
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor xs = x.to(acc), cb = codebook.to(acc);
   at::Tensor index = at::empty({x.size(0), k}, x.options().dtype(at::kLong));
@@ -176,9 +167,8 @@ at::Tensor topk_code_cpu(const at::Tensor& x, const at::Tensor& codebook, int64_
 
 at::Tensor code_logsumexp_cpu(const at::Tensor& x, const at::Tensor& codebook, c10::string_view metric,
                               double scale) {
-  check_arguments(x, codebook);
-  const Logit logit = parse_logit(metric);
-  TORCH_CHECK_VALUE(std::isfinite(scale), "patchvq: scale must be finite, got ", scale);
+  const Logit logit = check_logit_arguments(x, codebook, metric) ? Logit::Dot : Logit::L2;
+  check_scale(scale);
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor xs = x.to(acc), cb = codebook.to(acc);
   at::Tensor lse = at::empty({x.size(0)}, x.options().dtype(acc));

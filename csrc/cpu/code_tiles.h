@@ -18,12 +18,6 @@ namespace patchvq::cpu {
 
 enum class Logit { L2, Dot };
 
-inline Logit parse_logit(c10::string_view metric) {
-  if (metric == "l2") return Logit::L2;
-  if (metric == "dot") return Logit::Dot;
-  TORCH_CHECK_VALUE(false, "patchvq: metric must be \"l2\" or \"dot\", got \"", std::string(metric), "\"");
-}
-
 // Squared distances are floored here before the square root (as vector-quantize-pytorch).
 inline constexpr double kL2Floor = 1e-8;
 

@@ -130,25 +130,17 @@ struct Operands {
 };
 
 Operands operands(const at::Tensor& x, const at::Tensor& codebook) {
-  check_float_matrix(x, "x");
-  check_codebook(codebook, x.size(1), x, "x");
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor cb = codebook.to(acc);
   return {x.to(acc).contiguous(), cb.t().contiguous(), cb.pow(2).sum(1).contiguous()};
-}
-
-bool parse_dot(c10::string_view metric) {
-  TORCH_CHECK_VALUE(metric == "l2" || metric == "dot", "patchvq: metric must be \"l2\" or \"dot\", got \"",
-                    std::string(metric), "\"");
-  return metric == "dot";
 }
 
 }  // namespace
 
 at::Tensor code_logsumexp(const at::Tensor& x, const at::Tensor& codebook, c10::string_view metric, double scale,
                           cudaStream_t stream) {
-  const bool dot_logit = parse_dot(metric);
-  TORCH_CHECK_VALUE(std::isfinite(scale), "patchvq: scale must be finite, got ", scale);
+  const bool dot_logit = check_logit_arguments(x, codebook, metric);
+  check_scale(scale);
   const Operands in = operands(x, codebook);
   at::Tensor out = at::empty({x.size(0)}, in.x.options());
   if (x.size(0) == 0) return out;
@@ -163,11 +155,8 @@ at::Tensor code_logsumexp(const at::Tensor& x, const at::Tensor& codebook, c10::
 
 at::Tensor topk_code(const at::Tensor& x, const at::Tensor& codebook, int64_t k, c10::string_view metric,
                      double temperature, int64_t seed, int64_t offset, cudaStream_t stream) {
-  const bool dot_logit = parse_dot(metric);
-  TORCH_CHECK_VALUE(k >= 1 && k <= codebook.size(0), "patchvq: k must be in [1, K=", codebook.size(0), "], got ", k);
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature >= 0,
-                    "patchvq: temperature must be finite and >= 0 (0 turns the noise off), got ", temperature);
-  TORCH_CHECK_VALUE(seed >= 0 && offset >= 0, "patchvq: seed and offset must be >= 0, got ", seed, " and ", offset);
+  const bool dot_logit = check_logit_arguments(x, codebook, metric);
+  check_topk_arguments(codebook, k, temperature, seed, offset);
   const Operands in = operands(x, codebook);
   at::Tensor index = at::empty({x.size(0), k}, x.options().dtype(at::kLong));
   if (x.size(0) == 0) return index;
