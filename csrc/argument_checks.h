@@ -8,7 +8,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace patchvq {
@@ -43,6 +45,29 @@ inline void check_code_stats_arguments(const at::Tensor& x, const at::Tensor& in
               x.sizes(), "), got ", index.sizes());
   check_same_device(index, "index", x, "x");
   TORCH_CHECK_VALUE(num_codes >= 1, "patchvq: num_codes must be a positive int, got ", num_codes);
+}
+
+// topk_code and code_logsumexp: x [N, D] and a codebook for it, metric "l2" (minus the distance)
+// or "dot" (the dot product); true for "dot".
+inline bool check_logit_arguments(const at::Tensor& x, const at::Tensor& codebook, c10::string_view metric) {
+  check_float_matrix(x, "x");
+  check_codebook(codebook, x.size(1), x, "x");
+  TORCH_CHECK_VALUE(metric == "l2" || metric == "dot", "patchvq: metric must be \"l2\" or \"dot\", got \"",
+                    std::string(metric), "\"");
+  return metric == "dot";
+}
+
+// topk_code's k in [1, K], temperature finite and >= 0 (0: no noise), seed and offset >= 0.
+inline void check_topk_arguments(const at::Tensor& codebook, int64_t k, double temperature, int64_t seed,
+                                 int64_t offset) {
+  TORCH_CHECK_VALUE(k >= 1 && k <= codebook.size(0), "patchvq: k must be in [1, K=", codebook.size(0), "], got ", k);
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature >= 0,
+                    "patchvq: temperature must be finite and >= 0 (0 turns the noise off), got ", temperature);
+  TORCH_CHECK_VALUE(seed >= 0 && offset >= 0, "patchvq: seed and offset must be >= 0, got ", seed, " and ", offset);
+}
+
+inline void check_scale(double scale) {
+  TORCH_CHECK_VALUE(std::isfinite(scale), "patchvq: scale must be finite, got ", scale);
 }
 
 // Stride of each level relative to the finest: ascending powers of two that divide the finest

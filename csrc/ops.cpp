@@ -14,4 +14,8 @@ TORCH_LIBRARY(patchvq_native, m) {
       "patch_assign(Tensor[] levels, Tensor choice, Tensor codebook, str metric=\"l2\","
       " bool check_finite=True) -> (Tensor z_q, Tensor[] index, Tensor distance)");
   m.def("patch_assign_backward(Tensor grad_z_q, Tensor choice, int[] factors) -> Tensor[]");
+  m.def(
+      "topk_code(Tensor x, Tensor codebook, int k=1, str metric=\"l2\", float temperature=0., int seed=0,"
+      " int offset=0) -> Tensor");
+  m.def("code_logsumexp(Tensor x, Tensor codebook, str metric=\"l2\", float scale=1.) -> Tensor");
 }

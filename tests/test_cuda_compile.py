@@ -90,7 +90,7 @@ def device_code(tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
 
 
 def test_every_op_has_a_cuda_kernel_file():
-    assert KERNELS == ["code_stats.cu", "nearest_code.cu", "patch_assign.cu", "search_mma.cu"]
+    assert KERNELS == ["code_softmax.cu", "code_stats.cu", "nearest_code.cu", "patch_assign.cu", "search_mma.cu"]
     assert GLUE.is_file() and MODULE.is_file()
 
 

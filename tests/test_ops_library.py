@@ -15,7 +15,7 @@ import patchvq
 from patchvq.ops import backend
 
 OPS_DIR = Path(patchvq.__file__).parent / "ops"
-OPS = ("nearest_code", "code_stats", "patch_assign", "patch_assign_backward")
+OPS = ("nearest_code", "code_stats", "patch_assign", "patch_assign_backward", "topk_code", "code_logsumexp")
 
 
 @pytest.fixture(params=["reference", "native", "triton"])
@@ -46,6 +46,8 @@ def small_inputs(dtype=torch.float32):
         "code_stats": (x, index, 5),
         "patch_assign": (levels, choice, cb, "l2", True),
         "patch_assign_backward": (grad, choice, [1, 2]),
+        "topk_code": (x, cb, 2, "l2", 0.5, 7, 1),
+        "code_logsumexp": (x, cb, "dot", 0.5),
     }
 
 
@@ -53,7 +55,8 @@ def test_import_defines_every_op_without_a_compiler(tmp_path):
     code = (
         "import torch, patchvq\n"
         "from patchvq.ops import native\n"
-        "for name in ('nearest_code', 'code_stats', 'patch_assign', 'patch_assign_backward'):\n"
+        "for name in ('nearest_code', 'code_stats', 'patch_assign', 'patch_assign_backward', 'topk_code',\n"
+        "             'code_logsumexp'):\n"
         "    op = getattr(torch.ops.patchvq, name).default\n"
         "    for key in ('CPU', 'CUDA', 'Meta', 'Autograd'):\n"
         "        assert op.has_kernel_for_dispatch_key(key), (name, key)\n"
@@ -166,7 +169,7 @@ def test_meta_and_fake_tensors_never_read_a_value(op):
 
     with FakeTensorMode() as mode:
         fake = getattr(torch.ops.patchvq, op)(*[to(mode.from_tensor, a) for a in args])
-    flat = lambda out: [t for o in out for t in (o if isinstance(o, list) else [o])]
+    flat = lambda out: [t for o in (out if isinstance(out, tuple) else [out]) for t in (o if isinstance(o, list) else [o])]
     for r, m, f in zip(flat(real), flat(meta), flat(fake)):
         assert m.device.type == "meta" and m.shape == r.shape and m.dtype == r.dtype
         assert f.shape == r.shape and f.dtype == r.dtype

@@ -49,6 +49,19 @@ CHECK_BUILD = textwrap.dedent(
         codebook = (torch.randn(20, 16, generator=g, dtype=torch.float64) * scale).to(dtype)
         expected = exact_distances(x.double() / scale, codebook.double() / scale, "l2").argmin(1)
         assert torch.equal(patchvq.nearest_code(x, codebook)[0], expected), scale
+    # topk_code and code_logsumexp on the tile kernel of this target: integer inputs score exactly.
+    from patchvq.reference import code_softmax as ref
+
+    x = torch.randint(-3, 4, (61, 9), generator=g).float()
+    codebook = torch.randint(-3, 4, (75, 9), generator=g).float()
+    for metric in ("l2", "dot"):
+        for k, temperature in ((1, 0.0), (5, 0.0), (1, 1.5), (3, 0.7)):
+            got = patchvq.topk_code(x, codebook, k, metric, temperature=temperature, seed=3, offset=1)
+            assert torch.equal(got, ref.topk_code(x, codebook, k, metric, temperature, 3, 1)), (metric, k)
+        for dtype in (torch.float32, torch.float64):
+            got = patchvq.code_logsumexp(x.to(dtype), codebook.to(dtype), metric, 0.3)
+            want = ref.code_logsumexp(x.double(), codebook.double(), metric, 0.3)
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
     print("checked", simd)
     """
 )

@@ -52,6 +52,15 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, at::Tensor> patch_assign(at::Ten
                                                                          c10::string_view metric, bool check_finite,
                                                                          cudaStream_t stream);
 
+// Per row of x [N, D] the k codes of largest score (logit, or logit / temperature + Gumbel noise
+// from Philox under (seed, offset)), best first: int64 [N, k].
+at::Tensor topk_code(const at::Tensor& x, const at::Tensor& codebook, int64_t k, c10::string_view metric,
+                     double temperature, int64_t seed, int64_t offset, cudaStream_t stream);
+
+// Per row of x [N, D] the log-sum-exp over the codes of scale * logit: [N] in the accumulation dtype.
+at::Tensor code_logsumexp(const at::Tensor& x, const at::Tensor& codebook, c10::string_view metric, double scale,
+                          cudaStream_t stream);
+
 std::vector<at::Tensor> patch_assign_backward(const at::Tensor& grad_z_q, const at::Tensor& choice,
                                               at::IntArrayRef factors, cudaStream_t stream);
 

@@ -37,6 +37,18 @@ std::vector<at::Tensor> patch_assign_backward_op(const at::Tensor& grad_z_q, con
   return patch_assign_backward(grad_z_q, choice, factors, current_stream());
 }
 
+at::Tensor topk_code_op(const at::Tensor& x, const at::Tensor& codebook, int64_t k, c10::string_view metric,
+                        double temperature, int64_t seed, int64_t offset) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return topk_code(x, codebook, k, metric, temperature, seed, offset, current_stream());
+}
+
+at::Tensor code_logsumexp_op(const at::Tensor& x, const at::Tensor& codebook, c10::string_view metric,
+                             double scale) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return code_logsumexp(x, codebook, metric, scale, current_stream());
+}
+
 }  // namespace
 }  // namespace patchvq::cuda
 
@@ -45,4 +57,6 @@ TORCH_LIBRARY_IMPL(patchvq_native, CUDA, m) {
   m.impl("code_stats", &patchvq::cuda::code_stats_op);
   m.impl("patch_assign", &patchvq::cuda::patch_assign_op);
   m.impl("patch_assign_backward", &patchvq::cuda::patch_assign_backward_op);
+  m.impl("topk_code", &patchvq::cuda::topk_code_op);
+  m.impl("code_logsumexp", &patchvq::cuda::code_logsumexp_op);
 }

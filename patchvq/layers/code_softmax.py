@@ -1,19 +1,21 @@
-"""Quantities over all K codes per row, computed a block of rows at a time: never an N x K buffer.
+"""Quantities over all K codes per row, never with an N x K buffer.
 
 The logits are vector-quantize-pytorch's: minus the Euclidean distance for "l2", the dot
-product for "cosine" (unit vectors). Stochastic sampling is Gumbel-max on logits / T, top-k
-takes the k largest (Gumbel-perturbed in training when sampling), and the softmax losses
-(cross-entropy commitment, codebook diversity, the Gumbel straight-through soft codes) run
-each block under activation checkpointing, so the forward keeps only the inputs and the
-backward recomputes one block at a time. Peak extra memory: one block of
-BLOCK_ELEMENTS logits (and their softmax), whatever N.
-
-This is the plain-PyTorch form (bounded memory, not a fused kernel): see docs/vector_quantize.md.
+product for "cosine" (unit vectors). Fused in the kernels (patchvq.topk_code,
+patchvq.code_logsumexp): stochastic sampling (Gumbel-max on logits / T, the noise drawn in the
+kernel from a seed taken from torch's generator), top-k (Gumbel-perturbed in training when
+sampling) and the cross-entropy commitment (an online log-sum-exp over the codes).
+Block by block in PyTorch: the codebook diversity loss and the Gumbel straight-through soft
+codes, each block under activation checkpointing, so the forward keeps only the inputs and the
+backward recomputes one block at a time; peak extra memory one block of BLOCK_ELEMENTS logits
+(and their softmax), whatever N. See docs/vector_quantize.md.
 """
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from patchvq.ops import code_logsumexp, topk_code
 
 BLOCK_ELEMENTS = 1 << 18  # logits per block: 1 MiB in float32
 
@@ -38,39 +40,40 @@ def _gumbel(shape, device, generator=None) -> torch.Tensor:
     return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
 
 
+def _kernel_metric(metric: str) -> str:
+    return "dot" if metric == "cosine" else metric
+
+
 @torch.no_grad()
 def sample_codes(x: torch.Tensor, codes: torch.Tensor, metric: str, temperature: float = 1.0,
                  stochastic: bool = False, topk: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Code index per row of x [N, D] ([N, topk] with topk): argmax (or top-k) of logits, with
-    stochastic=True of logits / temperature + Gumbel noise (a sample from softmax(logits / T))."""
-    n, k = x.shape[0], codes.shape[0]
-    out = torch.empty((n,) if topk is None else (n, topk), dtype=torch.long, device=x.device)
-    step = block_rows(k)
-    for start in range(0, n, step):
-        block = logits(x[start : start + step], codes, metric)
-        if stochastic and temperature > 0:
-            block = block / temperature + _gumbel(block.shape, block.device, generator)
-        out[start : start + step] = block.argmax(-1) if topk is None else block.topk(topk, dim=-1).indices
-    return out
+    stochastic=True of logits / temperature + Gumbel noise (a sample from softmax(logits / T)).
+    One fused kernel call; the noise's seed is drawn from `generator` (torch's default CPU
+    generator when None), so torch.manual_seed makes the samples reproducible."""
+    noisy = stochastic and temperature > 0
+    seed = int(torch.randint(0, 2**62, (), generator=generator)) if noisy else 0
+    index = topk_code(x, codes, 1 if topk is None else topk, _kernel_metric(metric),
+                      temperature=temperature if noisy else 0.0, seed=seed)
+    return index[:, 0] if topk is None else index
 
 
-def _ce_block(x, codes, target, metric):
-    lg = logits(x, codes, metric)
-    keep = target >= 0
-    picked = lg.gather(1, target.clamp_min(0)[:, None])[:, 0]
-    return ((torch.logsumexp(lg, -1) - picked) * keep).sum()
+def picked_logits(x: torch.Tensor, codes: torch.Tensor, metric: str) -> torch.Tensor:
+    """[N] logit of each row of x [N, D] against its own code codes [N, D] (float32), differentiable."""
+    x, codes = x.float(), codes.float()
+    if metric == "cosine":
+        return (x * codes).sum(-1)
+    return -(x - codes).pow(2).sum(-1).clamp_min(1e-8).sqrt()
 
 
 def cross_entropy_sum(x: torch.Tensor, codes: torch.Tensor, target: torch.Tensor, metric: str) -> torch.Tensor:
-    """Sum over rows with target >= 0 of -log softmax(logits)[target]; differentiable, block by block."""
-    total = x.new_zeros((), dtype=torch.float32)
-    step = block_rows(codes.shape[0])
-    grad = torch.is_grad_enabled() and (x.requires_grad or codes.requires_grad)
-    for start in range(0, x.shape[0], step):
-        args = (x[start : start + step], codes, target[start : start + step], metric)
-        total = total + (checkpoint(_ce_block, *args, use_reentrant=False) if grad else _ce_block(*args))
-    return total
+    """Sum over rows with target >= 0 of -log softmax(logits)[target] = log-sum-exp - logit[target];
+    differentiable in x and codes. The log-sum-exp is the fused online one (patchvq.code_logsumexp)."""
+    keep = target >= 0
+    lse = code_logsumexp(x, codes, _kernel_metric(metric))
+    picked = picked_logits(x, codes[target.clamp_min(0)], metric)
+    return ((lse - picked) * keep).sum()
 
 
 def _soft_block(x, codes, temperature, metric):

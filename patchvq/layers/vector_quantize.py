@@ -95,9 +95,10 @@ class VectorQuantize(torch.nn.Module):
       indices: int64, x's shape without D (with a last axis of `heads` when heads > 1, of topk with topk).
     Training updates the codebook (EMA, revival) in the forward pass; eval never does.
 
-    The nearest-code search never forms an N x K matrix. The options that need all K logits of
-    each row (stochastic codes, top-k, cross-entropy commitment, diversity loss, Gumbel
-    straight-through) go block by block (patchvq.layers.code_softmax): bounded memory, not fused.
+    The nearest-code search never forms an N x K matrix, nor do the options that need all K
+    logits of each row (patchvq.layers.code_softmax): stochastic codes, top-k and the
+    cross-entropy commitment run in fused kernels (patchvq.topk_code, patchvq.code_logsumexp);
+    the diversity loss and the Gumbel straight-through soft codes go block by block.
 
     torch.compile: the default training and eval forwards compile with fullgraph=True and never
     sync the host. With kmeans_init=True the k-means runs eagerly on the first training forward;

@@ -20,7 +20,7 @@ from patchvq.ops import native
 
 BACKENDS = ("reference", "native", "triton")
 ENV_VAR = "PATCHVQ_BACKEND"
-OPS = ("nearest_code", "code_stats", "patch_assign", "patch_assign_backward")
+OPS = ("nearest_code", "code_stats", "patch_assign", "patch_assign_backward", "topk_code", "code_logsumexp")
 
 _chosen: dict[tuple[str, str, str | None], tuple[str, Callable]] = {}
 _warned: set[str] = set()

@@ -33,3 +33,13 @@ def patch_assign_backward(grad_z_q, choice, factors):
     validate.backward_arguments(grad_z_q, choice, factors)
     batch, dim, height, width = grad_z_q.shape
     return [grad_z_q.new_empty(batch, dim, height // f, width // f) for f in factors]
+
+
+def topk_code(x, codebook, k=1, metric="l2", temperature=0.0, seed=0, offset=0):
+    validate.topk_code(x, codebook, k, metric, temperature, seed, offset)
+    return x.new_empty(x.shape[0], k, dtype=torch.int64)
+
+
+def code_logsumexp(x, codebook, metric="l2", scale=1.0):
+    validate.code_logsumexp(x, codebook, metric, scale)
+    return x.new_empty(x.shape[0], dtype=accumulate_dtype(x.dtype))

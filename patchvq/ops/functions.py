@@ -1,4 +1,4 @@
-"""The public functions patchvq.nearest_code, code_stats and patch_assign: each calls its
+"""The public functions patchvq.nearest_code, code_stats, patch_assign, topk_code and code_logsumexp: each calls its
 torch.ops.patchvq op (patchvq/ops/library.py), so both ways in check the same and raise the same."""
 
 import torch
@@ -53,3 +53,29 @@ def patch_assign(
     codebook and the distances get none.
     """
     return torch.ops.patchvq.patch_assign(list(levels), choice, codebook, metric, check_finite)
+
+
+def topk_code(
+    x: torch.Tensor, codebook: torch.Tensor, k: int = 1, metric: str = "l2", *, temperature: float = 0.0,
+    seed: int = 0, offset: int = 0,
+) -> torch.Tensor:
+    """int64 [N, k]: for each row of x[N, D] the k codes of codebook[K, D] with the largest score,
+    best first (ties to the smallest index), without an N x K buffer.
+
+    Logits: metric "l2" is minus the Euclidean distance (its square floored at 1e-8), "dot" the
+    dot product (the cosine similarity of unit rows). Score: the logit with temperature 0, else
+    logit / temperature + Gumbel noise, so k = 1 samples from softmax(logit / temperature) and
+    k > 1 samples k codes without replacement. The noise of (row, code) is a pure function of
+    (seed, offset, row, code) (Philox4x32-10; patchvq/reference/code_softmax.py), drawn inside the
+    kernel: every backend draws the same bits, and a call is reproducible from its seed.
+    """
+    return torch.ops.patchvq.topk_code(x, codebook, k, metric, float(temperature), int(seed), int(offset))
+
+
+def code_logsumexp(x: torch.Tensor, codebook: torch.Tensor, metric: str = "l2", scale: float = 1.0) -> torch.Tensor:
+    """[N]: log sum_k exp(scale * logit(x_n, e_k)) over the K codes of codebook[K, D], streamed over
+    the codes (online log-sum-exp): no N x K buffer. Logits as topk_code. float32 (float64 for
+    float64 x); differentiable with respect to x and codebook (the backward recomputes the logits
+    a block of rows at a time). lse - logit[target] is the cross-entropy of a code.
+    """
+    return torch.ops.patchvq.code_logsumexp(x, codebook, metric, float(scale))

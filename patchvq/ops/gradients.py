@@ -2,14 +2,17 @@
 
 nearest_code: the winning code's distance is differentiable in x and the codebook.
 patch_assign: straight-through, by torch.ops.patchvq.patch_assign_backward.
-code_stats: no gradient; its outputs never require grad, whichever backend ran.
+code_stats, topk_code: no gradient; their outputs never require grad, whichever backend ran.
+code_logsumexp: the softmax-weighted gradient of the logits, recomputed a block of rows at a time.
 """
 
 import functools
 
 import torch
 
-from patchvq.ops.inputs import accumulate_dtype, chosen_cells, distance_to
+from patchvq.ops.inputs import L2_FLOOR, accumulate_dtype, chosen_cells, code_logits, distance_to
+
+BLOCK_ELEMENTS = 1 << 18  # logits recomputed at once by the log-sum-exp backward: 1 MiB in float32
 
 
 def nearest_code_setup(ctx, inputs, output):
@@ -40,6 +43,46 @@ def code_stats_setup(ctx, inputs, output):
 
 def code_stats_backward(ctx, grad_count, grad_sum):
     return (None,) * len(ctx.needs_input_grad)
+
+
+def topk_code_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(output)
+
+
+def topk_code_backward(ctx, grad_index):
+    return (None,) * len(ctx.needs_input_grad)
+
+
+def code_logsumexp_setup(ctx, inputs, output):
+    ctx.metric = inputs[2] if len(inputs) > 2 else "l2"
+    ctx.scale = float(inputs[3]) if len(inputs) > 3 else 1.0
+    ctx.save_for_backward(inputs[0], inputs[1], output)
+
+
+def code_logsumexp_backward(ctx, grad):
+    """d lse_n / d logit_nk = scale * softmax(scale * logit_n)_k, pulled back to x and the codebook
+    through the logits, block by block: extra memory one block of BLOCK_ELEMENTS logits."""
+    x, codebook, lse = ctx.saved_tensors
+    acc = accumulate_dtype(x.dtype)
+    xs, cb = x.to(acc), codebook.to(acc)
+    grad_x = torch.empty_like(xs)
+    grad_cb = torch.zeros_like(cb)
+    step = max(1, BLOCK_ELEMENTS // cb.shape[0])
+    for start in range(0, xs.shape[0], step):
+        rows = slice(start, start + step)
+        xb, logit = xs[rows], code_logits(xs[rows], cb, ctx.metric)
+        weight = (grad[rows, None].to(acc) * ctx.scale) * torch.exp(ctx.scale * logit - lse[rows, None])
+        if ctx.metric == "dot":
+            grad_x[rows] = weight @ cb
+            grad_cb += weight.t() @ xb
+            continue
+        # logit = -dist: d logit / dx = (e - x) / dist and d logit / de = (x - e) / dist (0 on the floor).
+        dist = -logit
+        w = torch.where(dist > L2_FLOOR**0.5, -weight / dist, torch.zeros((), dtype=acc, device=dist.device))
+        grad_x[rows] = w.sum(1, keepdim=True) * xb - w @ cb
+        grad_cb += w.sum(0)[:, None] * cb - w.t() @ xb
+    extra = (None,) * (len(ctx.needs_input_grad) - 2)
+    return (grad_x.to(x.dtype), grad_cb.to(codebook.dtype)) + extra
 
 
 def patch_assign_setup(ctx, inputs, output):

@@ -11,6 +11,9 @@ import math
 import torch
 
 METRICS = ("l2", "cosine")
+# Logits of the ops over all K codes (topk_code, code_logsumexp): minus the L2 distance, the dot product.
+LOGITS = ("l2", "dot")
+L2_FLOOR = 1e-8  # squared distances are floored here before the square root (as vector-quantize-pytorch)
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -119,3 +122,14 @@ def check_finite(t: torch.Tensor, name: str) -> None:
     """NaN or Inf in `t` is an error naming it (one pass over t; see check_values)."""
     if t.numel():
         check_values(torch.isfinite(t).all(), f"patchvq: {name} contains NaN or Inf (shape {tuple(t.shape)})")
+
+
+def code_logits(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> torch.Tensor:
+    """[n, K] logits of rows x [n, D] against codebook [K, D] in the accumulation dtype: minus the
+    Euclidean distance (its square floored at L2_FLOOR) for "l2", x.e for "dot"."""
+    acc = accumulate_dtype(x.dtype)
+    x, codebook = x.to(acc), codebook.to(acc)
+    dots = x @ codebook.t()
+    if metric == "dot":
+        return dots
+    return -(x.pow(2).sum(-1, keepdim=True) - 2 * dots + codebook.pow(2).sum(-1)).clamp_min(L2_FLOOR).sqrt()

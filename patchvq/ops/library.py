@@ -10,7 +10,7 @@ torch.library.opcheck sees the same op whichever backend runs.
 
 import torch
 
-from patchvq.ops import backend, fake, gradients, validate
+from patchvq.ops import backend, fake, gradients, inputs, validate
 
 NAMESPACE = "patchvq"
 SCHEMAS = {
@@ -20,6 +20,9 @@ SCHEMAS = {
     "patch_assign": '(Tensor[] levels, Tensor choice, Tensor codebook, str metric="l2", bool check_finite=True) '
     "-> (Tensor z_q, Tensor[] index, Tensor distance)",
     "patch_assign_backward": "(Tensor grad_z_q, Tensor choice, int[] factors) -> Tensor[]",
+    "topk_code": '(Tensor x, Tensor codebook, int k=1, str metric="l2", float temperature=0., int seed=0, '
+    "int offset=0) -> Tensor",
+    "code_logsumexp": '(Tensor x, Tensor codebook, str metric="l2", float scale=1.) -> Tensor',
 }
 DEVICES = ("cpu", "cuda")
 
@@ -62,12 +65,35 @@ def patch_assign_backward(grad_z_q, choice, factors):
     return run(grad_z_q, choice.to(torch.int64), list(factors))
 
 
+def _check_finite(x, codebook):
+    """NaN or Inf in the inputs of topk_code / code_logsumexp is an error (one pass over each;
+    on a GPU a device-side check, no synchronisation)."""
+    inputs.check_finite(x, "x")
+    inputs.check_finite(codebook, "codebook")
+
+
+def topk_code(x, codebook, k=1, metric="l2", temperature=0.0, seed=0, offset=0):
+    validate.topk_code(x, codebook, k, metric, temperature, seed, offset)
+    _check_finite(x, codebook)
+    return backend.implementation("topk_code", x.device)(x, codebook, k, metric, temperature, seed, offset)
+
+
+def code_logsumexp(x, codebook, metric="l2", scale=1.0):
+    validate.code_logsumexp(x, codebook, metric, scale)
+    _check_finite(x, codebook)
+    return backend.implementation("code_logsumexp", x.device)(x, codebook, metric, scale)
+
+
 _KERNELS = {
     "nearest_code": (nearest_code, fake.nearest_code, gradients.nearest_code_backward, gradients.nearest_code_setup),
     "code_stats": (code_stats, fake.code_stats, gradients.code_stats_backward, gradients.code_stats_setup),
     "patch_assign": (patch_assign, fake.patch_assign, gradients.patch_assign_backward, gradients.patch_assign_setup),
     "patch_assign_backward": (
         patch_assign_backward, fake.patch_assign_backward, gradients.backward_backward, gradients.backward_setup,
+    ),
+    "topk_code": (topk_code, fake.topk_code, gradients.topk_code_backward, gradients.topk_code_setup),
+    "code_logsumexp": (
+        code_logsumexp, fake.code_logsumexp, gradients.code_logsumexp_backward, gradients.code_logsumexp_setup,
     ),
 }
 

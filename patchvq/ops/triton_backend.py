@@ -10,6 +10,7 @@ value checks (finite inputs, index ranges) stay on the device for CUDA tensors.
 import torch
 
 from patchvq.ops import inputs
+from patchvq.triton import code_softmax as code_softmax_kernel
 from patchvq.triton import code_stats as code_stats_kernel
 from patchvq.triton import nearest_code as search_kernel
 from patchvq.triton import patch_assign as patch_kernel
@@ -101,3 +102,16 @@ def patch_assign_backward(grad_z_q: torch.Tensor, choice: torch.Tensor, factors:
         return patch_kernel.patch_assign_backward(
             grad_z_q.contiguous(), choice.to(torch.int64).contiguous(), list(factors)
         )
+
+
+def topk_code(x: torch.Tensor, codebook: torch.Tensor, k: int = 1, metric: str = "l2", temperature: float = 0.0,
+              seed: int = 0, offset: int = 0) -> torch.Tensor:
+    """topk_code on the Triton kernel: k passes over the codes, noise recomputed from its counter."""
+    with torch.cuda.device_of(x):
+        return code_softmax_kernel.topk_code(x, codebook, k, metric, temperature, seed, offset)
+
+
+def code_logsumexp(x: torch.Tensor, codebook: torch.Tensor, metric: str = "l2", scale: float = 1.0) -> torch.Tensor:
+    """code_logsumexp on the Triton kernel (online log-sum-exp per row)."""
+    with torch.cuda.device_of(x):
+        return code_softmax_kernel.code_logsumexp(x, codebook, metric, scale)

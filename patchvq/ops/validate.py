@@ -2,7 +2,9 @@
 
 import torch
 
-from patchvq.ops.inputs import METRICS
+import math
+
+from patchvq.ops.inputs import LOGITS, METRICS
 
 
 def floating(t: torch.Tensor, name: str) -> None:
@@ -45,6 +47,53 @@ def nearest_code(x: torch.Tensor, cb: torch.Tensor, metric_name: str) -> None:
     codebook(x.shape[1], cb)
     same_device(("x", x), ("codebook", cb))
     metric(metric_name)
+
+
+def logit_metric(value: str) -> None:
+    if value not in LOGITS:
+        raise ValueError(f"patchvq: metric must be one of {LOGITS} (logits: minus the L2 distance, or the dot "
+                         f"product), got {value!r}")
+
+
+def _real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, torch.SymFloat, torch.SymInt)):
+        raise TypeError(f"patchvq: {name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"patchvq: {name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _int64(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+        raise TypeError(f"patchvq: {name} must be an int, got {type(value).__name__}")
+    if not 0 <= value < 2**63:
+        raise ValueError(f"patchvq: {name} must be in [0, 2**63), got {value}")
+
+
+def topk_code(x: torch.Tensor, cb: torch.Tensor, k: int, metric_name: str, temperature: float, seed: int,
+              offset: int) -> None:
+    """Arguments of topk_code: x[N, D] and codebook[K, D] on one device, 1 <= k <= K, a known logit
+    metric, temperature >= 0 (0: no noise), seed and offset in [0, 2**63)."""
+    matrix(x, "x")
+    codebook(x.shape[1], cb)
+    same_device(("x", x), ("codebook", cb))
+    logit_metric(metric_name)
+    if isinstance(k, bool) or not isinstance(k, (int, torch.SymInt)) or not 1 <= k <= cb.shape[0]:
+        raise ValueError(f"patchvq: k must be an int in [1, K={cb.shape[0]}], got {k!r}")
+    if _real(temperature, "temperature") < 0:
+        raise ValueError(f"patchvq: temperature must be >= 0 (0 turns the noise off), got {temperature}")
+    _int64(seed, "seed")
+    _int64(offset, "offset")
+
+
+def code_logsumexp(x: torch.Tensor, cb: torch.Tensor, metric_name: str, scale: float) -> None:
+    """Arguments of code_logsumexp: x[N, D] and codebook[K, D] on one device, a known logit metric,
+    a finite scale."""
+    matrix(x, "x")
+    codebook(x.shape[1], cb)
+    same_device(("x", x), ("codebook", cb))
+    logit_metric(metric_name)
+    _real(scale, "scale")
 
 
 def code_stats(x: torch.Tensor, index: torch.Tensor, num_codes: int) -> None:
