@@ -9,7 +9,7 @@ import torch
 
 from patchvq.ops import backend, native
 
-OPS = ("nearest_code", "code_stats", "patch_assign")
+OPS = ("nearest_code", "code_stats", "patch_assign", "topk_code", "code_logsumexp")
 
 
 def cpu_features() -> list[str]:
