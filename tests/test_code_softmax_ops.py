@@ -242,6 +242,7 @@ print(json.dumps(extra))
 """
 
 
+@pytest.mark.slow  # three subprocesses at N = 32768, K = 2048 on one thread
 def test_no_n_by_k_buffer_is_allocated():
     """Extra peak resident memory of sampling, top-k and the log-sum-exp forward and backward, on
     the default backend, is a small fraction of one N x K float32 buffer (256 MiB here)."""

@@ -224,6 +224,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(distributed, c
     assert gap <= 1e-4, f"the Budget Priors of 2 processes and of 1 differ by {float(gap):.3g} in probability"
 
 
+@pytest.mark.slow  # a single-process feature pass besides the shared 2-process session
 @needs_weights
 def test_the_feature_pass_shared_by_two_processes_gives_each_every_image(distributed, category, tmp_path):
     data = open_dataset(category, "mvtec", "train", image_size=64)
@@ -267,6 +268,7 @@ def test_a_last_batch_smaller_than_the_world_is_left_out_and_recorded(distribute
     _assert_ranks_identical(distributed, "dropped_tail")
 
 
+@pytest.mark.slow  # starts torchrun and two fresh interpreters
 @needs_weights
 def test_the_command_line_trains_under_torchrun(category, tmp_path):
     config = tmp_path / "tiny.json"
