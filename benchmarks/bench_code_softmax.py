@@ -1,12 +1,15 @@
-"""The fused ops over all K codes (patchvq.topk_code, patchvq.code_logsumexp) against the
-block-wise PyTorch path VectorQuantize used before them, same inputs, same run.
+"""The fused ops over all K codes (patchvq.topk_code, patchvq.code_logsumexp,
+patchvq.code_prob_sum) against the block-wise PyTorch path VectorQuantize used before them, same
+inputs, same run.
 
 Run (from the repository root; the first call builds the C++ kernels):
     python -m pytest benchmarks/bench_code_softmax.py --benchmark-only -q -p no:cacheprovider
 
 Shapes: N = 16384 rows, D = 64, K = 1024, float32, on the CPU with PATCHVQ_BENCH_THREADS threads
-(default 2). Cases: a stochastic sample (Gumbel-max, T = 1), the top 4 codes, and the
-cross-entropy of given codes, forward and backward into x and the codebook. The block-wise path
+(default 2). Cases: a stochastic sample (Gumbel-max, T = 1), the top 4 codes, the
+cross-entropy of given codes, and the codebook diversity entropy (the N rows as 1024 positions x
+16 batch rows, one head, temperature 100, VectorQuantize's default) forward only, and the
+cross-entropy and the diversity entropy forward and backward into x and the codebook. The block-wise path
 takes 2^18 logits per block (a matmul, then PyTorch's elementwise ops on the block) with
 activation checkpointing for the loss, as patchvq/layers/code_softmax.py did. At the end a
 table of ratios (block-wise / fused, fastest rounds) is printed.
@@ -21,7 +24,8 @@ import patchvq
 from patchvq.layers import code_softmax
 
 N, D, K = 16384, 64, 1024
-CASES = ("sample", "top4", "cross_entropy_train")
+CASES = ("sample", "top4", "cross_entropy_train", "diversity", "diversity_train")
+BATCH, TEMPERATURE = 16, 100.0
 _RESULTS: dict[tuple[str, str], float] = {}
 
 
@@ -50,17 +54,43 @@ def blockwise_cross_entropy(x, cb, target):
     return total
 
 
+def _entropy_block(x, cb):
+    p, b, d = x.shape
+    avg = (code_softmax.logits(x.reshape(-1, d), cb, "l2") * TEMPERATURE).softmax(-1).reshape(p, b, -1).mean(1)
+    return (-avg * avg.clamp_min(1e-5).log()).sum()
+
+
+def blockwise_diversity(x, cb):
+    total = 0
+    step = max(1, code_softmax.block_rows(cb.shape[0]) // BATCH)
+    for start in range(0, x.shape[0], step):
+        total = total + checkpoint(_entropy_block, x[start : start + step], cb, use_reentrant=False)
+    return total
+
+
 def run(path: str, case: str, x, cb, target):
     if case == "sample":
         return (patchvq.topk_code(x, cb, 1, temperature=1.0, seed=1) if path == "fused"
                 else blockwise_codes(x, cb, 1.0, 1))
     if case == "top4":
         return patchvq.topk_code(x, cb, 4) if path == "fused" else blockwise_codes(x, cb, 0.0, 4)
+    if case == "diversity":
+        return diversity(path, x, cb)
     xg, cbg = x.detach().requires_grad_(), cb.detach().requires_grad_()
-    loss = (code_softmax.cross_entropy_sum(xg, cbg, target, "l2") if path == "fused"
-            else blockwise_cross_entropy(xg, cbg, target))
+    if case == "diversity_train":
+        loss = diversity(path, xg, cbg)
+    else:
+        loss = (code_softmax.cross_entropy_sum(xg, cbg, target, "l2") if path == "fused"
+                else blockwise_cross_entropy(xg, cbg, target))
     loss.backward()
     return loss
+
+
+def diversity(path: str, x, cb):
+    rows = x.reshape(-1, BATCH, x.shape[1])  # [positions, batch, D]
+    if path == "fused":
+        return code_softmax.diversity_entropy_sum(rows[:, None], cb[None], TEMPERATURE, "l2")
+    return blockwise_diversity(rows, cb)
 
 
 def ratio_lines() -> list[str]:

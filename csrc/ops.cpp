@@ -18,4 +18,5 @@ TORCH_LIBRARY(patchvq_native, m) {
       "topk_code(Tensor x, Tensor codebook, int k=1, str metric=\"l2\", float temperature=0., int seed=0,"
       " int offset=0) -> Tensor");
   m.def("code_logsumexp(Tensor x, Tensor codebook, str metric=\"l2\", float scale=1.) -> Tensor");
+  m.def("code_prob_sum(Tensor x, Tensor codebook, int group=1, str metric=\"l2\", float scale=1.) -> Tensor");
 }

@@ -6,7 +6,7 @@ needs them (see `python -m patchvq info`).
 
 import importlib
 
-from patchvq.ops import code_logsumexp, code_stats, nearest_code, patch_assign, topk_code
+from patchvq.ops import code_logsumexp, code_prob_sum, code_stats, nearest_code, patch_assign, topk_code
 
 __version__ = "0.1.0"
 
@@ -19,8 +19,8 @@ _LAZY = {
     "context_richness": "patchvq.layers",
 }
 
-__all__ = ["GroupedResidualVQ", "PatchVQ", "ResidualVQ", "VectorQuantize", "__version__", "code_logsumexp", "code_stats",
-           "context_richness", "nearest_code", "patch_assign", "topk_code", "upstream_state_dict"]
+__all__ = ["GroupedResidualVQ", "PatchVQ", "ResidualVQ", "VectorQuantize", "__version__", "code_logsumexp", "code_prob_sum",
+           "code_stats", "context_richness", "nearest_code", "patch_assign", "topk_code", "upstream_state_dict"]
 
 
 def __getattr__(name: str):

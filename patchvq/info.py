@@ -9,7 +9,7 @@ import torch
 
 from patchvq.ops import backend, native
 
-OPS = ("nearest_code", "code_stats", "patch_assign", "topk_code", "code_logsumexp")
+OPS = ("nearest_code", "code_stats", "patch_assign", "topk_code", "code_logsumexp", "code_prob_sum")
 
 
 def cpu_features() -> list[str]:

@@ -1,5 +1,5 @@
-"""patchvq.topk_code and patchvq.code_logsumexp on every backend: against the reference (odd
-shapes, N = 0, K = 1, non-contiguous, ties, large values, half inputs), the Philox noise against
+"""patchvq.topk_code, patchvq.code_logsumexp and patchvq.code_prob_sum on every backend: against
+the reference (odd shapes, N = 0, K = 1, groups, non-contiguous, ties, large values, half inputs), the Philox noise against
 known answers, sampled frequencies against softmax(logit / T) (chi-square at a fixed seed),
 gradients (float64 gradcheck), opcheck, bad input, and the extra memory of a large call.
 """
@@ -89,6 +89,54 @@ def test_code_logsumexp_matches_the_reference(backend_name, device, metric, n, k
         torch.testing.assert_close(got.double(), want, rtol=0, atol=tolerance(x, want))
 
 
+def prob_sum_tolerance(x, cb, metric, scale, group):
+    """A group's sum of probabilities is off by at most group times the rounding of one row's
+    scale * logit - lse (a relative error of each probability, which is <= 1)."""
+    return group * (1.0 + abs(scale)) * tolerance(x, ref.logits(x.double(), cb.double(), metric))
+
+
+@pytest.mark.parametrize("metric", ["l2", "dot"])
+@pytest.mark.parametrize("n,k,d", SHAPES)
+def test_code_prob_sum_matches_the_reference(backend_name, device, metric, n, k, d):
+    x, cb = inputs(n, k, d, device=device, seed=n + 2 * k)
+    for group in sorted({1, n}) if n else (1, 3):
+        for scale in (1.0, 0.3, -2.0):
+            got = patchvq.code_prob_sum(x, cb, group, metric, scale)
+            want = ref.code_prob_sum(x.double(), cb.double(), group, metric, scale)
+            assert got.dtype == torch.float32 and got.shape == (n // group, k)
+            torch.testing.assert_close(got.double(), want, rtol=0,
+                                       atol=prob_sum_tolerance(x, cb, metric, scale, group))
+            # Each row's softmax sums to 1, so each group's row sums to group.
+            torch.testing.assert_close(want.sum(-1), torch.full_like(want[:, 0], group))
+
+
+def test_code_prob_sum_groups_consecutive_rows(backend_name, device):
+    """Group g sums rows [g * group, (g + 1) * group): the sum of the per-row (group 1) outputs."""
+    x, cb = inputs(42, 37, 6, device=device, seed=4)
+    rows = patchvq.code_prob_sum(x, cb, 1, "l2", 2.0)
+    for group in (2, 7, 42):
+        got = patchvq.code_prob_sum(x, cb, group, "l2", 2.0)
+        torch.testing.assert_close(got, rows.reshape(-1, group, 37).sum(1), rtol=1e-5, atol=1e-5)
+
+
+def test_code_prob_sum_does_not_depend_on_the_thread_count(backend_name, device):
+    """Each group is summed in row order by one thread: the same bits with 1 and 2 threads, for
+    many groups and for one group of all rows (where threads must not share the output row)."""
+    x, cb = inputs(1200, 300, 9, device=device, seed=8)
+    threads = torch.get_num_threads()
+    try:
+        for group in (4, 1200):
+            torch.set_num_threads(1)
+            one = patchvq.code_prob_sum(x, cb, group, "l2", 1.5)
+            torch.set_num_threads(2)
+            two = patchvq.code_prob_sum(x, cb, group, "l2", 1.5)
+            assert torch.equal(one, two), (group, (one - two).abs().max())
+    finally:
+        torch.set_num_threads(threads)
+    want = ref.code_prob_sum(x.double(), cb.double(), 1200, "l2", 1.5)
+    torch.testing.assert_close(two.double(), want, rtol=1e-5, atol=1e-3)
+
+
 @pytest.mark.parametrize("metric", ["l2", "dot"])
 @pytest.mark.parametrize("n,k,d", SHAPES)
 def test_topk_code_ranks_the_codes(backend_name, device, metric, n, k, d):
@@ -125,7 +173,14 @@ def test_non_contiguous_large_and_half_inputs(backend_name, device):
     want = ref.code_logsumexp(x.double(), cb.double(), "l2", 0.5)
     torch.testing.assert_close(patchvq.code_logsumexp(xt, cbt, "l2", 0.5).double(), want, rtol=0,
                                atol=tolerance(x, want))
+    want = ref.code_prob_sum(x.double(), cb.double(), 5, "l2", 0.05)
+    got = patchvq.code_prob_sum(xt, cbt, 5, "l2", 0.05)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=prob_sum_tolerance(x, cb, "l2", 0.05, 5))
     xh, cbh = x.half() / 300, cb.half() / 300
+    want = ref.code_prob_sum(xh.double(), cbh.double(), 10, "dot", 3.0)
+    got = patchvq.code_prob_sum(xh, cbh, 10, "dot", 3.0)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=prob_sum_tolerance(xh.float(), cbh, "dot", 3.0, 10))
     want = ref.code_logsumexp(xh.double(), cbh.double(), "dot")
     got = patchvq.code_logsumexp(xh, cbh, "dot")
     assert got.dtype == torch.float32
@@ -168,6 +223,28 @@ def test_code_logsumexp_gradcheck(backend_name, device, metric):
     assert torch.autograd.gradcheck(lambda a, b: patchvq.code_logsumexp(a, b, metric, 0.7), (x, cb))
 
 
+@pytest.mark.parametrize("metric", ["l2", "dot"])
+def test_code_prob_sum_gradcheck(backend_name, device, metric):
+    x, cb = inputs(12, 13, 5, dtype=torch.float64, device=device)
+    x.requires_grad_()
+    cb.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: patchvq.code_prob_sum(a, b, 3, metric, 0.7), (x, cb))
+
+
+def test_code_prob_sum_gradient_matches_autograd_of_the_reference(backend_name, device):
+    if backend_name == "triton":
+        pytest.skip("the backward is one PyTorch function for every backend; the interpreter adds only time")
+    x, cb = inputs(300, 1100, 7, device=device)  # more rows than one backward block
+    xs, cbs = x.t().contiguous().t().requires_grad_(), cb.clone().requires_grad_()
+    weight = torch.randn(100, 1100, dtype=torch.float32, device=device)
+    (patchvq.code_prob_sum(xs, cbs, 3, "l2", 1.3) * weight).sum().backward()
+    xr, cbr = x.clone().requires_grad_(), cb.clone().requires_grad_()
+    prob = (1.3 * ref.logits(xr, cbr, "l2")).softmax(-1)
+    (prob.reshape(100, 3, 1100).sum(1) * weight).sum().backward()
+    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cbs.grad, cbr.grad, rtol=1e-4, atol=1e-4)
+
+
 def test_code_logsumexp_gradient_matches_autograd_of_the_reference(backend_name, device):
     if backend_name == "triton":
         pytest.skip("the backward is one PyTorch function for every backend; the interpreter adds only time")
@@ -187,6 +264,9 @@ def test_opcheck(backend_name, device):
     torch.library.opcheck(torch.ops.patchvq.code_logsumexp.default, (x, cb, "dot", 0.5))
     torch.library.opcheck(torch.ops.patchvq.code_logsumexp.default,
                           (x.double().requires_grad_(), cb.double().requires_grad_(), "l2", 1.0))
+    torch.library.opcheck(torch.ops.patchvq.code_prob_sum.default, (x, cb, 7, "dot", 0.5))
+    torch.library.opcheck(torch.ops.patchvq.code_prob_sum.default,
+                          (x.double().requires_grad_(), cb.double().requires_grad_(), 3, "l2", 1.0))
 
 
 @pytest.mark.parametrize("call,error,match", [
@@ -202,6 +282,10 @@ def test_opcheck(backend_name, device):
     (lambda x, cb: patchvq.code_logsumexp(x.long(), cb), TypeError, "x must be a floating-point tensor"),
     (lambda x, cb: patchvq.topk_code(x, cb[:0]), ValueError, "codebook is empty"),
     (lambda x, cb: patchvq.code_logsumexp(x[0], cb), ValueError, "x must be 2-D"),
+    (lambda x, cb: patchvq.code_prob_sum(x, cb, 0), ValueError, "group must be an int >= 1"),
+    (lambda x, cb: patchvq.code_prob_sum(x, cb, 2), ValueError, "group=2 does not divide the N=3 rows"),
+    (lambda x, cb: patchvq.code_prob_sum(x, cb, 1, "l2", float("nan")), ValueError, "scale must be finite"),
+    (lambda x, cb: patchvq.code_prob_sum(x, cb.t(), 1), ValueError, "x has D=4 but codebook has D=5"),
 ])
 def test_bad_input_is_named(backend_name, call, error, match):
     x, cb = inputs(3, 5, 4)
@@ -217,6 +301,8 @@ def test_nan_input_is_an_error(backend_name):
     cb[0, 0] = float("inf")
     with pytest.raises(ValueError, match="codebook contains NaN or Inf"):
         patchvq.code_logsumexp(x.nan_to_num(), cb)
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        patchvq.code_prob_sum(x, cb.nan_to_num(), 3)
 
 
 _MEMORY_CHILD = r"""
@@ -229,11 +315,16 @@ g = torch.Generator().manual_seed(0)
 x, cb = torch.randn(n, 4, generator=g), torch.randn(k, 4, generator=g)
 tiny = (x[:8].clone().requires_grad_(), cb[:8].clone().requires_grad_())
 patchvq.topk_code(*tiny, 1, temperature=1.0); patchvq.code_logsumexp(*tiny).sum().backward()
+patchvq.code_prob_sum(*tiny, 2).sum().backward()
 xg, cbg = x.clone().requires_grad_(), cb.clone().requires_grad_()
+weight = torch.randn(n // 256, k, generator=g)
+weight_one = torch.randn(1, k, generator=g)
 extra = {}
 for name, call in [("sample", lambda: patchvq.topk_code(x, cb, 1, temperature=1.0, seed=1)),
                    ("topk", lambda: patchvq.topk_code(x, cb, 4)),
-                   ("logsumexp_train", lambda: patchvq.code_logsumexp(xg, cbg).sum().backward())]:
+                   ("logsumexp_train", lambda: patchvq.code_logsumexp(xg, cbg).sum().backward()),
+                   ("prob_sum_train", lambda: (patchvq.code_prob_sum(xg, cbg, 256) * weight).sum().backward()),
+                   ("one_group_train", lambda: (patchvq.code_prob_sum(xg, cbg, n) * weight_one).sum().backward())]:
     before = status_kib("VmRSS")
     assert reset_peak(), "cannot reset the peak resident set size here"
     call()
@@ -244,8 +335,10 @@ print(json.dumps(extra))
 
 @pytest.mark.slow  # three subprocesses at N = 32768, K = 2048 on one thread
 def test_no_n_by_k_buffer_is_allocated():
-    """Extra peak resident memory of sampling, top-k and the log-sum-exp forward and backward, on
-    the default backend, is a small fraction of one N x K float32 buffer (256 MiB here)."""
+    """Extra peak resident memory of sampling, top-k, and the forward and backward of the
+    log-sum-exp and of the group sums (256 rows a group: a [N / 256, K] output; all N rows one
+    group, whose backward must still go in blocks of rows), on the default
+    backend, is a small fraction of one N x K float32 buffer (256 MiB here)."""
     n, k = 32768, 2048
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 16), OMP_NUM_THREADS="1")
     env.pop("PATCHVQ_BACKEND", None)
@@ -281,3 +374,7 @@ def test_the_native_kernel_checks_its_arguments_itself(args, error, match):
         backend.kernel("native", "code_logsumexp")(x.long(), cb, "l2", 1.0)
     with pytest.raises(ValueError, match="scale must be finite"):
         backend.kernel("native", "code_logsumexp")(x, cb, "l2", float("nan"))
+    with pytest.raises(ValueError, match="group=2 does not divide the N=3 rows of x"):
+        backend.kernel("native", "code_prob_sum")(x, cb, 2, "l2", 1.0)
+    with pytest.raises(ValueError, match="group must be an int >= 1"):
+        backend.kernel("native", "code_prob_sum")(x, cb, 0, "l2", 1.0)

@@ -108,7 +108,7 @@ def test_info_command_names_the_backends(tmp_path):
     # The session's own extension cache: the kernels other tests built are reused, not rebuilt.
     result = run_python(["-m", "patchvq", "info"], tmp_path, timeout=600, fresh_cache=False)
     assert result.returncode == 0, result.stderr
-    for op in ("nearest_code", "code_stats", "patch_assign", "topk_code", "code_logsumexp"):
+    for op in ("nearest_code", "code_stats", "patch_assign", "topk_code", "code_logsumexp", "code_prob_sum"):
         assert f"backend[{op}, cpu]:" in result.stdout
     line = next(line for line in result.stdout.splitlines() if line.startswith("backend[nearest_code, cpu]:"))
     assert line.split(":", 1)[1].strip() in ("native", "reference")

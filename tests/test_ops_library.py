@@ -15,7 +15,8 @@ import patchvq
 from patchvq.ops import backend
 
 OPS_DIR = Path(patchvq.__file__).parent / "ops"
-OPS = ("nearest_code", "code_stats", "patch_assign", "patch_assign_backward", "topk_code", "code_logsumexp")
+OPS = ("nearest_code", "code_stats", "patch_assign", "patch_assign_backward", "topk_code", "code_logsumexp",
+       "code_prob_sum")
 
 
 @pytest.fixture(params=["reference", "native", "triton"])
@@ -48,6 +49,7 @@ def small_inputs(dtype=torch.float32):
         "patch_assign_backward": (grad, choice, [1, 2]),
         "topk_code": (x, cb, 2, "l2", 0.5, 7, 1),
         "code_logsumexp": (x, cb, "dot", 0.5),
+        "code_prob_sum": (x[:20], cb, 4, "l2", 0.5),
     }
 
 
@@ -56,7 +58,7 @@ def test_import_defines_every_op_without_a_compiler(tmp_path):
         "import torch, patchvq\n"
         "from patchvq.ops import native\n"
         "for name in ('nearest_code', 'code_stats', 'patch_assign', 'patch_assign_backward', 'topk_code',\n"
-        "             'code_logsumexp'):\n"
+        "             'code_logsumexp', 'code_prob_sum'):\n"
         "    op = getattr(torch.ops.patchvq, name).default\n"
         "    for key in ('CPU', 'CUDA', 'Meta', 'Autograd'):\n"
         "        assert op.has_kernel_for_dispatch_key(key), (name, key)\n"

@@ -49,7 +49,7 @@ CHECK_BUILD = textwrap.dedent(
         codebook = (torch.randn(20, 16, generator=g, dtype=torch.float64) * scale).to(dtype)
         expected = exact_distances(x.double() / scale, codebook.double() / scale, "l2").argmin(1)
         assert torch.equal(patchvq.nearest_code(x, codebook)[0], expected), scale
-    # topk_code and code_logsumexp on the tile kernel of this target: integer inputs score exactly.
+    # topk_code, code_logsumexp and code_prob_sum on the tile kernel of this target: integer inputs score exactly.
     from patchvq.reference import code_softmax as ref
 
     x = torch.randint(-3, 4, (61, 9), generator=g).float()
@@ -61,6 +61,9 @@ CHECK_BUILD = textwrap.dedent(
         for dtype in (torch.float32, torch.float64):
             got = patchvq.code_logsumexp(x.to(dtype), codebook.to(dtype), metric, 0.3)
             want = ref.code_logsumexp(x.double(), codebook.double(), metric, 0.3)
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+            got = patchvq.code_prob_sum(x[:60].to(dtype), codebook.to(dtype), 4, metric, 0.3)
+            want = ref.code_prob_sum(x[:60].double(), codebook.double(), 4, metric, 0.3)
             torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
     print("checked", simd)
     """

@@ -395,10 +395,14 @@ def test_ema_weights_and_accumulation_match_vector_quantize_pytorch():
 
 
 @needs_upstream
-@pytest.mark.parametrize("cosine", [False, True])
-def test_softmax_losses_match_vector_quantize_pytorch(cosine):
-    kwargs = dict(dim=8, codebook_size=16, use_cosine_sim=cosine, commitment_use_cross_entropy_loss=True,
-                  codebook_diversity_loss_weight=0.3, codebook_diversity_temperature=5.0, rotation_trick=False)
+@pytest.mark.parametrize("cosine,options", [
+    (False, {"commitment_use_cross_entropy_loss": True}), (True, {"commitment_use_cross_entropy_loss": True}),
+    (False, {"heads": 2, "codebook_dim": 4}), (True, {"heads": 2, "codebook_dim": 4}),
+    (False, {"heads": 2, "codebook_dim": 3, "separate_codebook_per_head": True}),
+])
+def test_softmax_losses_match_vector_quantize_pytorch(cosine, options):
+    kwargs = dict(dim=8, codebook_size=16, use_cosine_sim=cosine, codebook_diversity_loss_weight=0.3,
+                  codebook_diversity_temperature=5.0, rotation_trick=False, **options)
     torch.manual_seed(0)
     theirs = lucidrains.VectorQuantize(**kwargs)
     ours = VectorQuantize(**kwargs)
@@ -410,7 +414,7 @@ def test_softmax_losses_match_vector_quantize_pytorch(cosine):
     torch.testing.assert_close(parts.commitment, parts_ref.commitment)
     torch.testing.assert_close(parts.codebook_diversity, parts_ref.codebook_diversity)
     torch.testing.assert_close(loss, loss_ref)
-    target = torch.randint(0, 16, (3, 10))
+    target = torch.randint(0, 16, index.shape)
     ours.eval(), theirs.eval()
     torch.testing.assert_close(ours(x, indices=target)[1], theirs(x, indices=target)[1])
 

@@ -1,6 +1,7 @@
 // CPU kernels of patchvq::topk_code (top-k codes, Gumbel-max sampling with in-kernel Philox
-// noise) and patchvq::code_logsumexp (online log-sum-exp over the codes): logits a tile at a
-// time (code_tiles.h), folded into per-row state; never an N x K buffer.
+// noise), patchvq::code_logsumexp (online log-sum-exp over the codes) and patchvq::code_prob_sum
+// (per-group sums of the softmax over the codes): logits a tile at a time (code_tiles.h), folded
+// into per-row state or, for code_prob_sum, a tile's K logits per row; never an N x K buffer.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -148,6 +149,47 @@ class LogsumexpVisitor {
   acc_t max_[MR], sum_[MR];
 };
 
+// Adds each row's softmax over the codes into one output row [K]: the visitor of a single group,
+// whose rows are visited in order by one thread. The tile's scaled logits for all K codes are kept
+// ([MR][K] per thread), so the softmax needs one pass over the codes, not a log-sum-exp pass first.
+template <typename acc_t>
+class ProbSumVisitor {
+ public:
+  static constexpr int MR = TileShape<acc_t>::MR, NC = TileShape<acc_t>::NC;
+
+  ProbSumVisitor(acc_t scale, int64_t k, acc_t* sum) : scale_(scale), k_(k), sum_(sum), logits_(MR * k) {}
+
+  void start(int64_t, int m) { m_ = m; }
+
+  void block(acc_t* tile, int64_t first_code, int count) {
+    for (int r = 0; r < m_; ++r)
+      for (int c = 0; c < count; ++c) logits_[r * k_ + first_code + c] = scale_ * tile[r * NC + c];
+  }
+
+  void finish() {
+    for (int r = 0; r < m_; ++r) {
+      acc_t* v = logits_.data() + r * k_;
+      const acc_t top = *std::max_element(v, v + k_);
+      acc_t total = 0;
+#pragma omp simd reduction(+ : total)
+      for (int64_t c = 0; c < k_; ++c) {
+        v[c] = fast_exp(v[c] - top);
+        total += v[c];
+      }
+      const acc_t inverse = acc_t(1) / total;
+#pragma omp simd
+      for (int64_t c = 0; c < k_; ++c) sum_[c] += v[c] * inverse;
+    }
+  }
+
+ private:
+  acc_t scale_;
+  int64_t k_;
+  acc_t* sum_;
+  int m_ = 0;
+  std::vector<acc_t> logits_;
+};
+
 at::Tensor topk_code_cpu(const at::Tensor& x, const at::Tensor& codebook, int64_t k, c10::string_view metric,
                          double temperature, int64_t seed, int64_t offset) {
   const Logit logit = check_logit_arguments(x, codebook, metric) ? Logit::Dot : Logit::L2;
@@ -181,10 +223,42 @@ at::Tensor code_logsumexp_cpu(const at::Tensor& x, const at::Tensor& codebook, c
   return lse;
 }
 
+at::Tensor code_prob_sum_cpu(const at::Tensor& x, const at::Tensor& codebook, int64_t group, c10::string_view metric,
+                             double scale) {
+  const Logit logit = check_logit_arguments(x, codebook, metric) ? Logit::Dot : Logit::L2;
+  check_scale(scale);
+  TORCH_CHECK_VALUE(group >= 1, "patchvq: group must be an int >= 1, got ", group);
+  TORCH_CHECK_VALUE(x.size(0) % group == 0, "patchvq: group=", group, " does not divide the N=", x.size(0),
+                    " rows of x");
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor xs = x.to(acc), cb = codebook.to(acc);
+  const int64_t groups = x.size(0) / group, k = codebook.size(0);
+  at::Tensor sum = at::zeros({groups, k}, x.options().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES(acc, "patchvq::code_prob_sum", [&] {
+    const TiledCodes<scalar_t> codes(rows_of<scalar_t>(cb));
+    const auto s = static_cast<scalar_t>(scale);
+    // Threads split the groups and each group's tiles run in order on one thread: a group's
+    // output row has one writer and its sum a fixed order.
+    const StridedRows<scalar_t> rows = rows_of<scalar_t>(xs);
+    scalar_t* out = sum.data_ptr<scalar_t>();
+    constexpr int MR = TileShape<scalar_t>::MR;
+    at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g) {
+        const StridedRows<scalar_t> members{rows.data + g * group * rows.row_stride, group, rows.cols,
+                                            rows.row_stride, rows.col_stride};
+        ProbSumVisitor<scalar_t> visitor(s, k, out + g * k);
+        visit_logit_tiles(members, codes, logit, visitor, 0, (group + MR - 1) / MR);
+      }
+    });
+  });
+  return sum;
+}
+
 }  // namespace
 }  // namespace patchvq::cpu
 
 TORCH_LIBRARY_IMPL(patchvq_native, CPU, m) {
   m.impl("topk_code", &patchvq::cpu::topk_code_cpu);
   m.impl("code_logsumexp", &patchvq::cpu::code_logsumexp_cpu);
+  m.impl("code_prob_sum", &patchvq::cpu::code_prob_sum_cpu);
 }

@@ -108,40 +108,50 @@ inline void logit_tile(const acc_t* rows, const acc_t* row_norms, const TiledCod
 
 // Calls visitor.start(first_row, m), visitor.block(tile, first_code, codes) for every block of
 // codes (tile [MR][NC], rows past m and codes past `codes` are padding), visitor.finish() for
-// every tile of rows of x; make_visitor() gives each task its own visitor.
+// the tiles of rows of x in [begin, end), in order, on the calling thread.
+template <typename acc_t, typename Visitor>
+void visit_logit_tiles(const StridedRows<acc_t>& x, const TiledCodes<acc_t>& codes, Logit logit, Visitor& visitor,
+                       int64_t begin, int64_t end) {
+  using Shape = TileShape<acc_t>;
+  constexpr int MR = Shape::MR, NC = Shape::NC;
+  const int64_t d = x.cols;
+  AlignedBuffer<acc_t> rows(MR * std::max<int64_t>(d, 1));
+  AlignedBuffer<acc_t> tile(MR * NC);
+  acc_t row_norms[MR];
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t first = t * MR;
+    const int m = static_cast<int>(std::min<int64_t>(MR, x.rows - first));
+    for (int r = 0; r < MR; ++r) {
+      acc_t norm = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        const acc_t v = r < m ? x.at(first + r, j) : acc_t(0);
+        rows.get()[r * d + j] = v;
+        norm += v * v;
+      }
+      row_norms[r] = norm;
+    }
+    visitor.start(first, m);
+    for (int64_t b = 0; b < codes.blocks(); ++b) {
+      logit_tile(rows.get(), row_norms, codes, b, logit, tile.get());
+      visitor.block(tile.get(), b * NC, static_cast<int>(std::min<int64_t>(NC, codes.codes() - b * NC)));
+    }
+    visitor.finish();
+  }
+}
+
+// visit_logit_tiles over every tile of rows of x, threads splitting the tiles; make_visitor()
+// gives each task its own visitor.
 template <typename acc_t, typename MakeVisitor>
 void for_each_logit_tile(const StridedRows<acc_t>& x, const TiledCodes<acc_t>& codes, Logit logit,
                          MakeVisitor make_visitor) {
   using Shape = TileShape<acc_t>;
   constexpr int MR = Shape::MR, NC = Shape::NC;
-  const int64_t d = x.cols;
   const int64_t tiles = (x.rows + MR - 1) / MR;
-  const int64_t work_per_tile = std::max<int64_t>(1, MR * codes.blocks() * NC * std::max<int64_t>(d, 1));
+  const int64_t work_per_tile = std::max<int64_t>(1, MR * codes.blocks() * NC * std::max<int64_t>(x.cols, 1));
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / work_per_tile);
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     auto visitor = make_visitor();
-    AlignedBuffer<acc_t> rows(MR * std::max<int64_t>(d, 1));
-    AlignedBuffer<acc_t> tile(MR * NC);
-    acc_t row_norms[MR];
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t first = t * MR;
-      const int m = static_cast<int>(std::min<int64_t>(MR, x.rows - first));
-      for (int r = 0; r < MR; ++r) {
-        acc_t norm = 0;
-        for (int64_t j = 0; j < d; ++j) {
-          const acc_t v = r < m ? x.at(first + r, j) : acc_t(0);
-          rows.get()[r * d + j] = v;
-          norm += v * v;
-        }
-        row_norms[r] = norm;
-      }
-      visitor.start(first, m);
-      for (int64_t b = 0; b < codes.blocks(); ++b) {
-        logit_tile(rows.get(), row_norms, codes, b, logit, tile.get());
-        visitor.block(tile.get(), b * NC, static_cast<int>(std::min<int64_t>(NC, codes.codes() - b * NC)));
-      }
-      visitor.finish();
-    }
+    visit_logit_tiles(x, codes, logit, visitor, begin, end);
   });
 }
 

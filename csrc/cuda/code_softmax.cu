@@ -1,10 +1,13 @@
-// CUDA kernels of patchvq::topk_code and patchvq::code_logsumexp. One warp per row, one lane per
+// CUDA kernels of patchvq::topk_code, patchvq::code_logsumexp and patchvq::code_prob_sum. One
+// warp per row, one lane per
 // code of each group of 32: the codebook is read transposed ([D][K], coalesced across lanes),
 // x's row is broadcast to the lanes; each lane folds its codes' logits into its own state (a
 // running maximum and sum, or a best (score, code)), and the warp merges the lanes' states with
 // shuffles. No N x K buffer. topk_code makes k passes, pass p taking the best code after pass
 // p - 1's in the order (score descending, code ascending); the Gumbel noise is recomputed from
-// its Philox counter (csrc/philox.h) on every pass. Simple and untuned: one row per warp.
+// its Philox counter (csrc/philox.h) on every pass. code_prob_sum takes the rows' log-sum-exps
+// from the log-sum-exp kernel, then one thread per (group, code) adds the group's probabilities
+// in row order (no atomics: the sums are reproducible). Simple and untuned: one row per warp.
 #include "common.cuh"
 #include "launchers.h"
 #include "philox.h"
@@ -81,6 +84,23 @@ __global__ void __launch_bounds__(kThreads)
   if (lane == 0) out[row] = top + log(total);
 }
 
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    prob_sum_kernel(const acc_t* __restrict__ x, const acc_t* __restrict__ codes_t,
+                    const acc_t* __restrict__ code_norms, const acc_t* __restrict__ lse, int64_t k, int64_t d,
+                    int64_t group, acc_t scale, bool dot_logit, acc_t* __restrict__ out) {
+  const int64_t g = blockIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x;
+  if (c >= k) return;
+  acc_t total = 0;
+  for (int64_t row = g * group; row < (g + 1) * group; ++row) {
+    const acc_t* x_row = x + row * d;
+    const acc_t row_norm = dot_logit ? acc_t(0) : squared_norm(x_row, d);
+    total += exp(scale * logit_of(x_row, row_norm, codes_t, code_norms, k, d, c, dot_logit) - lse[row]);
+  }
+  out[g * k + c] = total;
+}
+
 // (a_score, a_code) before (b_score, b_code) in the order (score descending, code ascending).
 template <typename acc_t>
 __device__ __forceinline__ bool ranks_before(acc_t a_score, int64_t a_code, acc_t b_score, int64_t b_code) {
@@ -149,6 +169,31 @@ at::Tensor code_logsumexp(const at::Tensor& x, const at::Tensor& codebook, c10::
         in.x.data_ptr<scalar_t>(), in.codes_t.data_ptr<scalar_t>(), in.code_norms.data_ptr<scalar_t>(), x.size(0),
         codebook.size(0), x.size(1), static_cast<scalar_t>(scale), dot_logit, out.data_ptr<scalar_t>());
     check_launch("logsumexp_kernel");
+  });
+  return out;
+}
+
+at::Tensor code_prob_sum(const at::Tensor& x, const at::Tensor& codebook, int64_t group, c10::string_view metric,
+                         double scale, cudaStream_t stream) {
+  const bool dot_logit = check_logit_arguments(x, codebook, metric);
+  check_scale(scale);
+  TORCH_CHECK_VALUE(group >= 1, "patchvq: group must be an int >= 1, got ", group);
+  TORCH_CHECK_VALUE(x.size(0) % group == 0, "patchvq: group=", group, " does not divide the N=", x.size(0),
+                    " rows of x");
+  const Operands in = operands(x, codebook);
+  const int64_t groups = x.size(0) / group, k = codebook.size(0);
+  at::Tensor out = at::empty({groups, k}, in.x.options());
+  if (groups == 0) return out;
+  TORCH_CHECK(groups <= std::numeric_limits<int32_t>::max(),
+              "patchvq: code_prob_sum takes at most 2^31 - 1 groups, got ", groups);
+  const at::Tensor lse = code_logsumexp(in.x, codebook, metric, scale, stream);
+  const dim3 grid(static_cast<unsigned>(groups), static_cast<unsigned>((k + kThreads - 1) / kThreads));
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "patchvq_code_prob_sum", [&] {
+    prob_sum_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+        in.x.data_ptr<scalar_t>(), in.codes_t.data_ptr<scalar_t>(), in.code_norms.data_ptr<scalar_t>(),
+        lse.data_ptr<scalar_t>(), k, x.size(1), group, static_cast<scalar_t>(scale), dot_logit,
+        out.data_ptr<scalar_t>());
+    check_launch("prob_sum_kernel");
   });
   return out;
 }

@@ -61,6 +61,11 @@ at::Tensor topk_code(const at::Tensor& x, const at::Tensor& codebook, int64_t k,
 at::Tensor code_logsumexp(const at::Tensor& x, const at::Tensor& codebook, c10::string_view metric, double scale,
                           cudaStream_t stream);
 
+// Per group of `group` consecutive rows of x [N, D] the sum of the rows' softmax over the codes of
+// scale * logit: [N / group, K] in the accumulation dtype.
+at::Tensor code_prob_sum(const at::Tensor& x, const at::Tensor& codebook, int64_t group, c10::string_view metric,
+                         double scale, cudaStream_t stream);
+
 std::vector<at::Tensor> patch_assign_backward(const at::Tensor& grad_z_q, const at::Tensor& choice,
                                               at::IntArrayRef factors, cudaStream_t stream);
 

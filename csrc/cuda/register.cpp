@@ -49,6 +49,12 @@ at::Tensor code_logsumexp_op(const at::Tensor& x, const at::Tensor& codebook, c1
   return code_logsumexp(x, codebook, metric, scale, current_stream());
 }
 
+at::Tensor code_prob_sum_op(const at::Tensor& x, const at::Tensor& codebook, int64_t group, c10::string_view metric,
+                            double scale) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return code_prob_sum(x, codebook, group, metric, scale, current_stream());
+}
+
 }  // namespace
 }  // namespace patchvq::cuda
 
@@ -59,4 +65,5 @@ TORCH_LIBRARY_IMPL(patchvq_native, CUDA, m) {
   m.impl("patch_assign_backward", &patchvq::cuda::patch_assign_backward_op);
   m.impl("topk_code", &patchvq::cuda::topk_code_op);
   m.impl("code_logsumexp", &patchvq::cuda::code_logsumexp_op);
+  m.impl("code_prob_sum", &patchvq::cuda::code_prob_sum_op);
 }

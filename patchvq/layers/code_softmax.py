@@ -2,10 +2,12 @@
 
 The logits are vector-quantize-pytorch's: minus the Euclidean distance for "l2", the dot
 product for "cosine" (unit vectors). Fused in the kernels (patchvq.topk_code,
-patchvq.code_logsumexp): stochastic sampling (Gumbel-max on logits / T, the noise drawn in the
-kernel from a seed taken from torch's generator), top-k (Gumbel-perturbed in training when
-sampling) and the cross-entropy commitment (an online log-sum-exp over the codes).
-Block by block in PyTorch: the codebook diversity loss and the Gumbel straight-through soft
+patchvq.code_logsumexp, patchvq.code_prob_sum): stochastic sampling (Gumbel-max on logits / T,
+the noise drawn in the kernel from a seed taken from torch's generator), top-k (Gumbel-perturbed
+in training when sampling), the cross-entropy commitment (an online log-sum-exp over the codes)
+and the codebook diversity loss (per position, the sum over heads and batch of the softmax,
+streamed over the rows; the entropy of the [positions, K] mean in PyTorch, blocks of positions
+under activation checkpointing). Block by block in PyTorch: the Gumbel straight-through soft
 codes, each block under activation checkpointing, so the forward keeps only the inputs and the
 backward recomputes one block at a time; peak extra memory one block of BLOCK_ELEMENTS logits
 (and their softmax), whatever N. See docs/vector_quantize.md.
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from patchvq.ops import code_logsumexp, topk_code
+from patchvq.ops import code_logsumexp, code_prob_sum, topk_code
 
 BLOCK_ELEMENTS = 1 << 18  # logits per block: 1 MiB in float32
 
@@ -92,13 +94,16 @@ def soft_codes(x: torch.Tensor, codes: torch.Tensor, temperature: float, metric:
 
 
 def _entropy_block(x, codes, temperature, metric):
-    # x [p, h, b, D], codes [h or 1, K, D]: mean over heads and batch of softmax(logits * T), per position.
+    # x [p, h, b, D], codes [h or 1, K, D]: entropy of the mean over heads and batch of
+    # softmax(logits * T), per position, summed over the p positions.
     p, h, b, d = x.shape
+    if codes.shape[0] == 1:  # one codebook for every head: heads and batch are one group
+        x = x.reshape(p, 1, h * b, d)
+    group = x.shape[2]
     total = 0
-    for j in range(h):
-        book = codes[j if codes.shape[0] > 1 else 0]
-        prob = (logits(x[:, j].reshape(-1, d), book, metric) * temperature).softmax(-1)
-        total = total + prob.reshape(p, b, -1).sum(1)
+    for j in range(codes.shape[0]):
+        rows = x[:, j].reshape(p * group, d)
+        total = total + code_prob_sum(rows, codes[j], group, _kernel_metric(metric), temperature)
     avg = total / (h * b)
     return (-avg * avg.clamp_min(1e-5).log()).sum()
 
@@ -107,12 +112,17 @@ def diversity_entropy_sum(x: torch.Tensor, codes: torch.Tensor, temperature: flo
     """Sum over positions of the entropy of the mean (over heads and batch) of softmax(logits * temperature).
 
     x [P, H, B, D] (positions, heads, batch), codes [H or 1, K, D]; vector-quantize-pytorch's
-    codebook diversity loss is minus this sum over P. Positions go in blocks of whole positions.
+    codebook diversity loss is minus this sum over P. The per-position sums of the softmax come
+    from the fused patchvq.code_prob_sum (no [rows, K] buffer); positions go in blocks of at most
+    BLOCK_ELEMENTS / K, each under activation checkpointing, so the [P, K] means exist one block
+    at a time. 0 when there are no rows.
     """
     p, h, b, _ = x.shape
-    step = max(1, block_rows(codes.shape[1]) // max(h * b, 1))
-    grad = torch.is_grad_enabled() and (x.requires_grad or codes.requires_grad)
     total = x.new_zeros((), dtype=torch.float32)
+    if h * b == 0:
+        return total
+    step = block_rows(codes.shape[1])
+    grad = torch.is_grad_enabled() and (x.requires_grad or codes.requires_grad)
     for start in range(0, p, step):
         args = (x[start : start + step], codes, temperature, metric)
         total = total + (checkpoint(_entropy_block, *args, use_reentrant=False) if grad else _entropy_block(*args))

@@ -6,6 +6,6 @@ runs), fake, gradients, validate -> native (the JIT loader), triton_backend, inp
 preparation shared by the fast paths) -> sources.
 """
 
-from patchvq.ops.functions import code_logsumexp, code_stats, nearest_code, patch_assign, topk_code
+from patchvq.ops.functions import code_logsumexp, code_prob_sum, code_stats, nearest_code, patch_assign, topk_code
 
-__all__ = ["code_logsumexp", "code_stats", "nearest_code", "patch_assign", "topk_code"]
+__all__ = ["code_logsumexp", "code_prob_sum", "code_stats", "nearest_code", "patch_assign", "topk_code"]

@@ -20,7 +20,8 @@ from patchvq.ops import native
 
 BACKENDS = ("reference", "native", "triton")
 ENV_VAR = "PATCHVQ_BACKEND"
-OPS = ("nearest_code", "code_stats", "patch_assign", "patch_assign_backward", "topk_code", "code_logsumexp")
+OPS = ("nearest_code", "code_stats", "patch_assign", "patch_assign_backward", "topk_code", "code_logsumexp",
+       "code_prob_sum")
 
 _chosen: dict[tuple[str, str, str | None], tuple[str, Callable]] = {}
 _warned: set[str] = set()

@@ -43,3 +43,8 @@ def topk_code(x, codebook, k=1, metric="l2", temperature=0.0, seed=0, offset=0):
 def code_logsumexp(x, codebook, metric="l2", scale=1.0):
     validate.code_logsumexp(x, codebook, metric, scale)
     return x.new_empty(x.shape[0], dtype=accumulate_dtype(x.dtype))
+
+
+def code_prob_sum(x, codebook, group=1, metric="l2", scale=1.0):
+    validate.code_prob_sum(x, codebook, group, metric, scale)
+    return x.new_empty(x.shape[0] // group, codebook.shape[0], dtype=accumulate_dtype(x.dtype))

@@ -1,5 +1,5 @@
-"""The public functions patchvq.nearest_code, code_stats, patch_assign, topk_code and code_logsumexp: each calls its
-torch.ops.patchvq op (patchvq/ops/library.py), so both ways in check the same and raise the same."""
+"""The public functions patchvq.nearest_code, code_stats, patch_assign, topk_code, code_logsumexp and
+code_prob_sum: each calls its torch.ops.patchvq op (patchvq/ops/library.py), so both ways in check the same and raise the same."""
 
 import torch
 
@@ -79,3 +79,17 @@ def code_logsumexp(x: torch.Tensor, codebook: torch.Tensor, metric: str = "l2", 
     a block of rows at a time). lse - logit[target] is the cross-entropy of a code.
     """
     return torch.ops.patchvq.code_logsumexp(x, codebook, metric, float(scale))
+
+
+def code_prob_sum(x: torch.Tensor, codebook: torch.Tensor, group: int = 1, metric: str = "l2",
+                  scale: float = 1.0) -> torch.Tensor:
+    """[N // group, K]: row g is the sum over the group rows x_n, n in [g * group, (g + 1) * group),
+    of softmax_k(scale * logit(x_n, e_k)) over the K codes of codebook[K, D]; group must divide N.
+    Logits as topk_code. The kernels stream over the codes (CPU: a tile of rows keeps its K logits;
+    CUDA, Triton: a log-sum-exp pass, then a pass adding the probabilities into the group's row):
+    no N x K buffer, only the [N // group, K] output. float32 (float64 for float64 x); differentiable with
+    respect to x and codebook (the backward recomputes the logits a block of rows at a time).
+    The mean over a group, group_sum / group, is the averaged code distribution of the codebook
+    diversity loss.
+    """
+    return torch.ops.patchvq.code_prob_sum(x, codebook, int(group), metric, float(scale))

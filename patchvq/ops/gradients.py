@@ -4,6 +4,7 @@ nearest_code: the winning code's distance is differentiable in x and the codeboo
 patch_assign: straight-through, by torch.ops.patchvq.patch_assign_backward.
 code_stats, topk_code: no gradient; their outputs never require grad, whichever backend ran.
 code_logsumexp: the softmax-weighted gradient of the logits, recomputed a block of rows at a time.
+code_prob_sum: the softmax Jacobian applied to the output gradient, recomputed the same way.
 """
 
 import functools
@@ -12,7 +13,7 @@ import torch
 
 from patchvq.ops.inputs import L2_FLOOR, accumulate_dtype, chosen_cells, code_logits, distance_to
 
-BLOCK_ELEMENTS = 1 << 18  # logits recomputed at once by the log-sum-exp backward: 1 MiB in float32
+BLOCK_ELEMENTS = 1 << 18  # logits recomputed at once by the code_logsumexp / code_prob_sum backward: 1 MiB in float32
 
 
 def nearest_code_setup(ctx, inputs, output):
@@ -63,15 +64,47 @@ def code_logsumexp_backward(ctx, grad):
     """d lse_n / d logit_nk = scale * softmax(scale * logit_n)_k, pulled back to x and the codebook
     through the logits, block by block: extra memory one block of BLOCK_ELEMENTS logits."""
     x, codebook, lse = ctx.saved_tensors
+
+    def weight(rows, logit):
+        return (grad[rows, None].to(logit.dtype) * ctx.scale) * torch.exp(ctx.scale * logit - lse[rows, None])
+
+    return _logit_backward(ctx, x, codebook, weight)
+
+
+def code_prob_sum_setup(ctx, inputs, output):
+    ctx.group = int(inputs[2]) if len(inputs) > 2 else 1
+    ctx.metric = inputs[3] if len(inputs) > 3 else "l2"
+    ctx.scale = float(inputs[4]) if len(inputs) > 4 else 1.0
+    ctx.save_for_backward(inputs[0], inputs[1])
+
+
+def code_prob_sum_backward(ctx, grad):
+    """With p = softmax(scale * logit_n) and G the output gradient of row n's group g,
+    d/d logit_nk = scale * p_k * (G_gk - sum_j p_j G_gj), pulled back to x and the codebook through
+    the logits; the logits are recomputed block by block (blocks need not hold whole groups):
+    extra memory a block of BLOCK_ELEMENTS logits whatever the group size."""
+    x, codebook = ctx.saved_tensors
+
+    def weight(rows, logit):
+        prob = (ctx.scale * logit).softmax(-1)
+        g = grad[torch.arange(rows.start, rows.stop, device=grad.device) // ctx.group].to(logit.dtype)
+        return ctx.scale * prob * (g - (prob * g).sum(-1, keepdim=True))
+
+    return _logit_backward(ctx, x, codebook, weight)
+
+
+def _logit_backward(ctx, x, codebook, weight_of):
+    """Gradients of x [N, D] and codebook [K, D] from weight_of(rows, logit) = d loss / d logit for
+    a slice of rows, logits recomputed one block of rows at a time."""
     acc = accumulate_dtype(x.dtype)
     xs, cb = x.to(acc), codebook.to(acc)
     grad_x = torch.empty_like(xs)
     grad_cb = torch.zeros_like(cb)
     step = max(1, BLOCK_ELEMENTS // cb.shape[0])
     for start in range(0, xs.shape[0], step):
-        rows = slice(start, start + step)
+        rows = slice(start, min(start + step, xs.shape[0]))
         xb, logit = xs[rows], code_logits(xs[rows], cb, ctx.metric)
-        weight = (grad[rows, None].to(acc) * ctx.scale) * torch.exp(ctx.scale * logit - lse[rows, None])
+        weight = weight_of(rows, logit)
         if ctx.metric == "dot":
             grad_x[rows] = weight @ cb
             grad_cb += weight.t() @ xb

@@ -23,6 +23,7 @@ SCHEMAS = {
     "topk_code": '(Tensor x, Tensor codebook, int k=1, str metric="l2", float temperature=0., int seed=0, '
     "int offset=0) -> Tensor",
     "code_logsumexp": '(Tensor x, Tensor codebook, str metric="l2", float scale=1.) -> Tensor',
+    "code_prob_sum": '(Tensor x, Tensor codebook, int group=1, str metric="l2", float scale=1.) -> Tensor',
 }
 DEVICES = ("cpu", "cuda")
 
@@ -66,8 +67,8 @@ def patch_assign_backward(grad_z_q, choice, factors):
 
 
 def _check_finite(x, codebook):
-    """NaN or Inf in the inputs of topk_code / code_logsumexp is an error (one pass over each;
-    on a GPU a device-side check, no synchronisation)."""
+    """NaN or Inf in the inputs of topk_code / code_logsumexp / code_prob_sum is an error (one
+    pass over each; on a GPU a device-side check, no synchronisation)."""
     inputs.check_finite(x, "x")
     inputs.check_finite(codebook, "codebook")
 
@@ -84,6 +85,12 @@ def code_logsumexp(x, codebook, metric="l2", scale=1.0):
     return backend.implementation("code_logsumexp", x.device)(x, codebook, metric, scale)
 
 
+def code_prob_sum(x, codebook, group=1, metric="l2", scale=1.0):
+    validate.code_prob_sum(x, codebook, group, metric, scale)
+    _check_finite(x, codebook)
+    return backend.implementation("code_prob_sum", x.device)(x, codebook, group, metric, scale)
+
+
 _KERNELS = {
     "nearest_code": (nearest_code, fake.nearest_code, gradients.nearest_code_backward, gradients.nearest_code_setup),
     "code_stats": (code_stats, fake.code_stats, gradients.code_stats_backward, gradients.code_stats_setup),
@@ -94,6 +101,9 @@ _KERNELS = {
     "topk_code": (topk_code, fake.topk_code, gradients.topk_code_backward, gradients.topk_code_setup),
     "code_logsumexp": (
         code_logsumexp, fake.code_logsumexp, gradients.code_logsumexp_backward, gradients.code_logsumexp_setup,
+    ),
+    "code_prob_sum": (
+        code_prob_sum, fake.code_prob_sum, gradients.code_prob_sum_backward, gradients.code_prob_sum_setup,
     ),
 }
 

@@ -115,3 +115,11 @@ def code_logsumexp(x: torch.Tensor, codebook: torch.Tensor, metric: str = "l2", 
     """code_logsumexp on the Triton kernel (online log-sum-exp per row)."""
     with torch.cuda.device_of(x):
         return code_softmax_kernel.code_logsumexp(x, codebook, metric, scale)
+
+
+def code_prob_sum(x: torch.Tensor, codebook: torch.Tensor, group: int = 1, metric: str = "l2",
+                  scale: float = 1.0) -> torch.Tensor:
+    """code_prob_sum on the Triton kernels: the log-sum-exp kernel, then one program per (group,
+    block of codes) summing the group's probabilities."""
+    with torch.cuda.device_of(x):
+        return code_softmax_kernel.code_prob_sum(x, codebook, group, metric, scale)

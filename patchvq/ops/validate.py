@@ -96,6 +96,15 @@ def code_logsumexp(x: torch.Tensor, cb: torch.Tensor, metric_name: str, scale: f
     _real(scale, "scale")
 
 
+def code_prob_sum(x: torch.Tensor, cb: torch.Tensor, group: int, metric_name: str, scale: float) -> None:
+    """Arguments of code_prob_sum: those of code_logsumexp, and group an int >= 1 that divides N."""
+    code_logsumexp(x, cb, metric_name, scale)
+    if isinstance(group, bool) or not isinstance(group, (int, torch.SymInt)) or group < 1:
+        raise ValueError(f"patchvq: group must be an int >= 1, got {group!r}")
+    if x.shape[0] % group:
+        raise ValueError(f"patchvq: group={group} does not divide the N={x.shape[0]} rows of x")
+
+
 def code_stats(x: torch.Tensor, index: torch.Tensor, num_codes: int) -> None:
     """Arguments of code_stats: x[N, D] floating, index int64[N], num_codes >= 1."""
     matrix(x, "x")

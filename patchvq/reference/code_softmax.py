@@ -1,4 +1,5 @@
-"""Reference of the ops over all K codes per row: top-k / Gumbel sampling and the log-sum-exp.
+"""Reference of the ops over all K codes per row: top-k / Gumbel sampling, the log-sum-exp and
+the per-group sums of the softmax.
 
 Logits are vector-quantize-pytorch's: "l2" is minus the Euclidean distance (not squared),
 sqrt(max(||x||^2 - 2 x.e + ||e||^2, 1e-8)) negated; "dot" is the dot product x.e (the cosine
@@ -104,3 +105,17 @@ def code_logsumexp(x: torch.Tensor, codebook: torch.Tensor, metric: str = "l2", 
     for start in starts:
         parts.append(torch.logsumexp(scale * logits(x[start : start + step], codebook, metric), -1))
     return torch.cat(parts) if parts else x.new_zeros(0, dtype=accumulate_dtype(x.dtype))
+
+
+def code_prob_sum(x: torch.Tensor, codebook: torch.Tensor, group: int = 1, metric: str = "l2",
+                  scale: float = 1.0) -> torch.Tensor:
+    """[N // group, K]: row g is the sum over the rows n of x [N, D] in [g * group, (g + 1) * group)
+    of softmax_k(scale * logit(x_n, e_k)), in the accumulation dtype; differentiable."""
+    num_codes = codebook.shape[0]
+    out = x.new_zeros(x.shape[0] // group, num_codes, dtype=accumulate_dtype(x.dtype))
+    starts, step = _blocks(x.shape[0], num_codes)
+    for start in starts:
+        prob = (scale * logits(x[start : start + step], codebook, metric)).softmax(-1)
+        rows = torch.arange(start, start + prob.shape[0], device=x.device)
+        out.index_add_(0, rows // group, prob)
+    return out

@@ -1,8 +1,10 @@
-"""Triton kernels of topk_code and code_logsumexp: tiles of x rows against blocks of codes,
-logits from `tl.dot` (IEEE float32 products, never TF32; float64 products summed by hand),
-folded into per-row state in registers. No N x K buffer.
+"""Triton kernels of topk_code, code_logsumexp and code_prob_sum: tiles of x rows against blocks
+of codes, logits from `tl.dot` (IEEE float32 products, never TF32; float64 products summed by
+hand), folded into per-row state in registers. No N x K buffer.
 
-code_logsumexp keeps a running maximum and sum per row (online log-sum-exp). topk_code makes
+code_logsumexp keeps a running maximum and sum per row (online log-sum-exp). code_prob_sum
+takes those log-sum-exps, then one program per (group, block of codes) walks the group's rows
+a tile at a time and adds their probabilities exp(scale * logit - lse) into the block's sums. topk_code makes
 k passes over the codes, pass p keeping per row the best (score, code) that comes after the
 code of pass p - 1 in the order (score descending, code ascending); the Gumbel noise is
 recomputed from its counter on each pass (patchvq/reference/code_softmax.py: the same
@@ -89,6 +91,27 @@ def _logsumexp_kernel(x_ptr, cb_ptr, cn_ptr, out_ptr, N, K, D, stride_xn, stride
 
 
 @triton.jit
+def _prob_sum_kernel(x_ptr, cb_ptr, cn_ptr, lse_ptr, out_ptr, N, K, D, group, stride_xn, stride_xd, stride_ck,
+                     stride_cd, scale, ACC: tl.constexpr, DOT: tl.constexpr, FMA_DOT: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    g = tl.program_id(0)
+    codes = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    code_ok = codes < K
+    total = tl.zeros([BLOCK_N], ACC)
+    first = g.to(tl.int64) * group
+    for m0 in range(0, group, BLOCK_M):
+        member = m0 + tl.arange(0, BLOCK_M)
+        row_ok = member < group
+        rows = first + member
+        v = scale * _logits(x_ptr, cb_ptr, cn_ptr, rows, row_ok, codes, code_ok, N, K, D, stride_xn, stride_xd,
+                            stride_ck, stride_cd, ACC, DOT, FMA_DOT, BLOCK_M, BLOCK_N, BLOCK_D)
+        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+        prob = tl.where(row_ok[:, None], tl.exp(v - lse[:, None]), 0.0)
+        total += tl.sum(prob, 0)
+    tl.store(out_ptr + g.to(tl.int64) * K + codes, total, mask=code_ok)
+
+
+@triton.jit
 def _topk_kernel(x_ptr, cb_ptr, cn_ptr, index_ptr, N, K, D, k, stride_xn, stride_xd, stride_ck, stride_cd,
                  inverse_t, seed_lo, seed_hi, offset_lo, offset_hi, ACC: tl.constexpr, DOT: tl.constexpr,
                  FMA_DOT: tl.constexpr, NOISY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -142,6 +165,24 @@ def code_logsumexp(x: torch.Tensor, codebook: torch.Tensor, metric: str, scale: 
     _logsumexp_kernel[grid](
         xs, cb, norms, out, xs.shape[0], cb.shape[0], xs.shape[1], xs.stride(0), xs.stride(1), cb.stride(0),
         cb.stride(1), float(scale), ACC=tl.float64 if acc == torch.float64 else tl.float32, DOT=metric == "dot",
+        FMA_DOT=acc == torch.float64, **meta,
+    )
+    return out
+
+
+def code_prob_sum(x: torch.Tensor, codebook: torch.Tensor, group: int, metric: str, scale: float) -> torch.Tensor:
+    """[N // group, K] sums over groups of rows of softmax(scale * logit) (arguments validated by the caller)."""
+    xs, cb, norms, acc = _operands(x, codebook, metric)
+    n, k = xs.shape[0], cb.shape[0]
+    out = torch.zeros(n // group, k, dtype=acc, device=xs.device)
+    if n == 0:
+        return out
+    lse = code_logsumexp(xs, cb, metric, scale)
+    _, meta = _launch_shape(n)
+    grid = (n // group, triton.cdiv(k, meta["BLOCK_N"]))
+    _prob_sum_kernel[grid](
+        xs, cb, norms, lse, out, n, k, xs.shape[1], group, xs.stride(0), xs.stride(1), cb.stride(0), cb.stride(1),
+        float(scale), ACC=tl.float64 if acc == torch.float64 else tl.float32, DOT=metric == "dot",
         FMA_DOT=acc == torch.float64, **meta,
     )
     return out
