@@ -96,6 +96,8 @@ def signature(spec: Specialization) -> tuple[dict, dict, dict]:
             sig[name] = "*" + _TYPE_NAMES[value.dtype]
             if spec.aligned:
                 attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, float):
+            sig[name] = "fp32"
         elif isinstance(value, int):
             sig[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
             if spec.aligned and value % 16 == 0:
@@ -240,9 +242,41 @@ def patch_assign_specializations() -> list[Specialization]:
     return specs
 
 
+def code_softmax_specializations() -> list[Specialization]:
+    """topk_code (plain and Gumbel-perturbed), code_logsumexp and code_prob_sum at the launchers'
+    GPU tile, for both accumulation types (inputs arrive cast to them) and both metrics."""
+    from patchvq.triton import code_softmax as module
+
+    specs = []
+    for acc in (torch.float32, torch.float64):
+        block_m, block_n, block_d, warps = module._GPU_TILE[acc]
+        tl_acc = tl.float64 if acc == torch.float64 else tl.float32
+        for dot in (False, True):
+            common = {"x_ptr": Pointer(acc), "cb_ptr": Pointer(acc), "cn_ptr": Pointer(acc), "N": 1 << 20, "K": 8192,
+                      "D": 64, "stride_xn": 64, "stride_xd": 1, "stride_ck": 64, "stride_cd": 1, "ACC": tl_acc,
+                      "DOT": dot, "FMA_DOT": acc == torch.float64, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                      "BLOCK_D": block_d}
+            tags = {"dtype": str(acc).removeprefix("torch."), "metric": "dot" if dot else "l2"}
+            specs.append(Specialization(
+                "code_softmax.logsumexp", module._logsumexp_kernel,
+                {**common, "out_ptr": Pointer(acc), "scale": 0.5}, warps, tensor_cores=False, tags=tags))
+            specs.append(Specialization(
+                "code_softmax.prob_sum", module._prob_sum_kernel,
+                {**common, "lse_ptr": Pointer(acc), "out_ptr": Pointer(acc), "group": 16, "scale": 0.5}, warps,
+                tensor_cores=False, tags=tags))
+            for noisy in (False, True):
+                specs.append(Specialization(
+                    "code_softmax.topk", module._topk_kernel,
+                    {**common, "index_ptr": Pointer(torch.int64), "k": 4, "inverse_t": 2.0, "seed_lo": 305419896,
+                     "seed_hi": 7, "offset_lo": 64, "offset_hi": 3, "NOISY": noisy}, warps, tensor_cores=False,
+                    tags={**tags, "noisy": int(noisy)}))
+    return specs
+
+
 def specializations() -> list[Specialization]:
     """Every kernel of patchvq.triton in every configuration a GPU launch can give it."""
-    return search_specializations() + code_stats_specializations() + patch_assign_specializations()
+    return (search_specializations() + code_stats_specializations() + patch_assign_specializations()
+            + code_softmax_specializations())
 
 
 def uncovered_kernels() -> list[str]:

@@ -18,9 +18,11 @@ import triton.language as tl
 from patchvq.triton import INTERPRETED
 
 L2_FLOOR: tl.constexpr = tl.constexpr(1e-8)
-# (BLOCK_M, BLOCK_N, BLOCK_D, warps): untuned tiles that fit float32 and float64 on recent GPUs;
-# the interpreter takes small ones to stay quick.
-_GPU_TILE = (64, 64, 32, 4)
+# (BLOCK_M, BLOCK_N, BLOCK_D, warps) by accumulation type: untuned tiles that fit recent GPUs
+# without spilling (float64 multiplies on FMA units over a [BLOCK_M, BLOCK_D, BLOCK_N] product,
+# hence its smaller tile; tests/triton_aot.py checks both); the interpreter takes small ones to
+# stay quick.
+_GPU_TILE = {torch.float32: (64, 64, 16, 4), torch.float64: (32, 32, 8, 4)}
 _INTERPRETED_TILE = (16, 16, 16, 1)
 
 
@@ -51,19 +53,21 @@ def _logits(x_ptr, cb_ptr, cn_ptr, rows, row_ok, codes, code_ok, N, K, D, stride
 
 
 @triton.jit
-def _gumbel(rows, codes, seed_lo, seed_hi, offset_lo, offset_hi, ACC: tl.constexpr, BLOCK_M: tl.constexpr,
-            BLOCK_N: tl.constexpr):
-    """Gumbel noise of the elements (rows, codes): word codes % 4 of Philox4x32-10 with counter
-    (codes // 4, rows, offset low, offset high) and key (seed low, seed high)."""
-    shape = [BLOCK_M, BLOCK_N]
-    c0 = tl.broadcast_to((codes // 4).to(tl.uint32)[None, :], shape)
-    c1 = tl.broadcast_to(rows.to(tl.uint32)[:, None], shape)
-    c2 = tl.zeros(shape, tl.uint32) + offset_lo.to(tl.uint32)
-    c3 = tl.zeros(shape, tl.uint32) + offset_hi.to(tl.uint32)
-    k0 = seed_lo.to(tl.uint32)
-    k1 = seed_hi.to(tl.uint32)
+def _gumbel(rows, codes, seed_lo, seed_hi, offset_lo, offset_hi, ACC: tl.constexpr):
+    """Gumbel noise [rows, codes] of the elements (rows, codes): word codes % 4 of Philox4x32-10
+    with counter (codes // 4, rows, offset low, offset high) and key (seed low, seed high)."""
+    # Built by broadcasting against a zero tile rather than from shape lists, and every scalar
+    # added to it, so the same code compiles whether a launch passes an integer as a tensor or
+    # as a constant (Triton specialises the value 1).
+    zero = (rows[:, None] * 0 + codes[None, :] * 0).to(tl.uint32)
+    c0 = zero + (codes // 4).to(tl.uint32)[None, :]
+    c1 = zero + rows.to(tl.uint32)[:, None]
+    c2 = (zero + offset_lo).to(tl.uint32)
+    c3 = (zero + offset_hi).to(tl.uint32)
+    k0 = (zero + seed_lo).to(tl.uint32)
+    k1 = (zero + seed_hi).to(tl.uint32)
     w0, w1, w2, w3 = tl.philox_impl(c0, c1, c2, c3, k0, k1)
-    lane = tl.broadcast_to((codes % 4)[None, :], shape)
+    lane = zero + (codes % 4).to(tl.uint32)[None, :]
     bits = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
     u = ((bits >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
     u = u.to(ACC)
@@ -129,8 +133,7 @@ def _topk_kernel(x_ptr, cb_ptr, cn_ptr, index_ptr, N, K, D, k, stride_xn, stride
             score = _logits(x_ptr, cb_ptr, cn_ptr, rows, row_ok, codes, code_ok, N, K, D, stride_xn, stride_xd,
                             stride_ck, stride_cd, ACC, DOT, FMA_DOT, BLOCK_M, BLOCK_N, BLOCK_D)
             if NOISY:
-                score = score * inverse_t + _gumbel(rows, codes, seed_lo, seed_hi, offset_lo, offset_hi, ACC,
-                                                    BLOCK_M, BLOCK_N)
+                score = score * inverse_t + _gumbel(rows, codes, seed_lo, seed_hi, offset_lo, offset_hi, ACC)
             # Codes already taken: those before (last, last_code) in (score desc, code asc) order.
             taken = (score > last[:, None]) | ((score == last[:, None]) & (codes[None, :] <= last_code[:, None]))
             score = tl.where(code_ok[None, :] & ~taken, score, float("-inf"))
@@ -150,8 +153,8 @@ def _operands(x: torch.Tensor, codebook: torch.Tensor, metric: str):
     return xs, cb, cb.pow(2).sum(1), acc
 
 
-def _launch_shape(n: int):
-    block_m, block_n, block_d, warps = _INTERPRETED_TILE if INTERPRETED else _GPU_TILE
+def _launch_shape(n: int, acc: torch.dtype):
+    block_m, block_n, block_d, warps = _INTERPRETED_TILE if INTERPRETED else _GPU_TILE[acc]
     return (triton.cdiv(n, block_m),), dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps)
 
 
@@ -161,7 +164,7 @@ def code_logsumexp(x: torch.Tensor, codebook: torch.Tensor, metric: str, scale: 
     out = torch.empty(xs.shape[0], dtype=acc, device=xs.device)
     if xs.shape[0] == 0:
         return out
-    grid, meta = _launch_shape(xs.shape[0])
+    grid, meta = _launch_shape(xs.shape[0], acc)
     _logsumexp_kernel[grid](
         xs, cb, norms, out, xs.shape[0], cb.shape[0], xs.shape[1], xs.stride(0), xs.stride(1), cb.stride(0),
         cb.stride(1), float(scale), ACC=tl.float64 if acc == torch.float64 else tl.float32, DOT=metric == "dot",
@@ -178,7 +181,7 @@ def code_prob_sum(x: torch.Tensor, codebook: torch.Tensor, group: int, metric: s
     if n == 0:
         return out
     lse = code_logsumexp(xs, cb, metric, scale)
-    _, meta = _launch_shape(n)
+    _, meta = _launch_shape(n, acc)
     grid = (n // group, triton.cdiv(k, meta["BLOCK_N"]))
     _prob_sum_kernel[grid](
         xs, cb, norms, lse, out, n, k, xs.shape[1], group, xs.stride(0), xs.stride(1), cb.stride(0), cb.stride(1),
@@ -195,7 +198,7 @@ def topk_code(x: torch.Tensor, codebook: torch.Tensor, k: int, metric: str, temp
     index = torch.empty(xs.shape[0], k, dtype=torch.int64, device=xs.device)
     if xs.shape[0] == 0:
         return index
-    grid, meta = _launch_shape(xs.shape[0])
+    grid, meta = _launch_shape(xs.shape[0], acc)
     noisy = temperature > 0
     _topk_kernel[grid](
         xs, cb, norms, index, xs.shape[0], cb.shape[0], xs.shape[1], k, xs.stride(0), xs.stride(1), cb.stride(0),
