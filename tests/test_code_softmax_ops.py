@@ -122,6 +122,8 @@ def test_code_prob_sum_groups_consecutive_rows(backend_name, device):
 def test_code_prob_sum_does_not_depend_on_the_thread_count(backend_name, device):
     """Each group is summed in row order by one thread: the same bits with 1 and 2 threads, for
     many groups and for one group of all rows (where threads must not share the output row)."""
+    if backend_name == "triton" and device.type == "cpu":
+        pytest.skip("the Triton interpreter runs a launch on one thread whatever torch's setting, and takes minutes here")
     x, cb = inputs(1200, 300, 9, device=device, seed=8)
     threads = torch.get_num_threads()
     try:
