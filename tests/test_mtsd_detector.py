@@ -1,0 +1,35 @@
+"""The shipped MTSD settings (configs/mtsd.json) on real data: pvqae trained on MTSD's good images
+keeps the accuracy the README reports for it. Slow: it trains and tests on the full split."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from app_fixtures import needs_weights
+
+from patchvq.data import open_dataset
+from patchvq.engine import evaluate, fit
+from patchvq.models import Config
+
+PRESET = Path(__file__).resolve().parents[1] / "configs" / "mtsd.json"
+
+# The README's figures for this preset: 0.880 image / 0.773 pixel AUROC (seed 0, bfloat16 backbone on
+# an AVX-512 CPU); a float32 backbone gave 0.881 / 0.775. The floors leave room for other CPUs, yet sit
+# above what the method's default settings reach on MTSD (0.856 / 0.679), so losing what the preset
+# adds fails.
+IMAGE_AUROC_FLOOR = 0.86
+PIXEL_AUROC_FLOOR = 0.74
+
+
+@pytest.mark.slow
+@needs_weights
+def test_pvqae_with_the_mtsd_preset_reaches_the_reported_accuracy(mtsd_root, tmp_path):
+    torch.set_num_threads(2)
+    config = Config.from_file(PRESET)
+    run = fit(open_dataset(mtsd_root, "mtsd", "train", image_size=config.image_size), config, tmp_path / "run",
+              progress=False)
+    result = evaluate(run, open_dataset(mtsd_root, "mtsd", "test", image_size=config.image_size))
+    m = result.metrics
+    assert m["images"] == 581 and m["defective"] > 0
+    assert m["image_auroc"] >= IMAGE_AUROC_FLOOR, m
+    assert m["pixel_auroc"] >= PIXEL_AUROC_FLOOR, m
