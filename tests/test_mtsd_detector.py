@@ -4,7 +4,6 @@ keeps the accuracy the README reports for it. Slow: it trains and tests on the f
 from pathlib import Path
 
 import pytest
-import torch
 from app_fixtures import needs_weights
 
 from patchvq.data import open_dataset
@@ -24,7 +23,6 @@ PIXEL_AUROC_FLOOR = 0.76
 @pytest.mark.slow
 @needs_weights
 def test_pvqae_with_the_mtsd_preset_reaches_the_reported_accuracy(mtsd_root, tmp_path):
-    torch.set_num_threads(2)
     config = Config.from_file(PRESET)
     run = fit(open_dataset(mtsd_root, "mtsd", "train", image_size=config.image_size), config, tmp_path / "run",
               progress=False)
