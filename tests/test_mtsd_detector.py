@@ -1,16 +1,14 @@
 """The shipped MTSD settings (configs/mtsd.json) on real data: pvqae trained on MTSD's good images
 keeps the accuracy the README reports for it. Slow: it trains and tests on the full split."""
 
-from pathlib import Path
-
 import pytest
-from app_fixtures import needs_weights
+from app_fixtures import SHIPPED_CONFIGS, needs_weights
 
 from patchvq.data import open_dataset
 from patchvq.engine import evaluate, fit
 from patchvq.models import Config
 
-PRESET = Path(__file__).resolve().parents[1] / "configs" / "mtsd.json"
+PRESET = SHIPPED_CONFIGS / "mtsd.json"
 
 # The README's figures for this preset: 0.908 image / 0.790 pixel AUROC (seed 0, bfloat16 backbone on
 # an AVX-512 CPU). The floors leave room for other CPUs, yet the image floor sits above what the
