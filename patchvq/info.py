@@ -7,6 +7,7 @@ import subprocess
 
 import torch
 
+from patchvq.models import presets
 from patchvq.ops import backend, native
 
 OPS = ("nearest_code", "code_stats", "patch_assign", "topk_code", "code_logsumexp", "code_prob_sum")
@@ -55,6 +56,7 @@ def collect(build: bool = True) -> dict:
         "cuda": torch.version.cuda if torch.cuda.is_available() else f"not available (torch CUDA {torch.version.cuda})",
         "triton": triton_version() or "not installed",
         "backend_switch": backend.forced() or "auto",
+        "presets": ", ".join(presets.names()) or "none",
     }
     if build:
         try:

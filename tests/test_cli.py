@@ -116,6 +116,8 @@ def test_bad_paths_and_files_are_one_line(category, tmp_path, capsys):
     _fails(capsys, ["train", str(category), "--out", str(tmp_path / "o"), "--config", str(bad)], match="epoch")
     _fails(capsys, ["train", str(category), "--out", str(tmp_path / "o"), "--config", str(tmp_path / "nope.json")],
            match="does not exist")
+    _fails(capsys, ["train", str(category), "--out", str(tmp_path / "o"), "--config", "mtsd-large"],
+           match="no shipped preset has that name")
     _fails(capsys, ["train", str(category), "--out", str(tmp_path / "o2"), "--resume"], match="checkpoint")
     _fails(capsys, ["test", str(category), "--run", str(tmp_path / "norun")], match="does not exist")
     (tmp_path / "corrupt").mkdir()

@@ -113,6 +113,7 @@ def test_info_command_names_the_backends(tmp_path):
     line = next(line for line in result.stdout.splitlines() if line.startswith("backend[nearest_code, cpu]:"))
     assert line.split(":", 1)[1].strip() in ("native", "reference")
     assert "simd:" in result.stdout or "unavailable" in result.stdout
+    assert "presets: mtsd, mtsd-knn" in result.stdout
 
 
 @pytest.mark.slow

@@ -4,16 +4,16 @@ import importlib.util
 
 import pytest
 import torch
-from app_fixtures import SHIPPED_CONFIGS, needs_weights
+from app_fixtures import needs_weights
 
-from patchvq.models import Config, ConfigError
+from patchvq.models import Config, ConfigError, presets
 from patchvq.models.budget_prior import BudgetPrior, constrain
 from patchvq.models.efficientnet_lite import EfficientNetLite, weight_file
 from patchvq.models.features import local_average
 from patchvq.models.knn import greedy_coreset
 from patchvq.models.scoring import gaussian_blur, image_scores, ssim_map
 
-PRESETS = sorted(SHIPPED_CONFIGS.glob("*.json"))
+PRESETS = presets.names()
 
 
 @pytest.mark.parametrize("variant,channels", [("efficientnet-lite0", [40, 112, 192]),
@@ -190,12 +190,27 @@ def test_reconstruction_models_store_at_least_ten_times_less_than_the_default_kn
     knn.core.bank = torch.zeros(knn.config.knn_bank, knn.core.bank.shape[1])  # the bank a run fills
     assert knn.stored_bytes() >= 10 * pvqae, (pvqae, knn.stored_bytes())
     for preset in PRESETS:
-        config = Config.from_file(preset)
+        config = Config.load(preset)
         if config.model != "knn":
-            assert knn.stored_bytes() >= 10 * Detector(config, 3).stored_bytes(), preset.name
+            assert knn.stored_bytes() >= 10 * Detector(config, 3).stored_bytes(), preset
 
 
-def test_shipped_configs_are_valid_and_differ_from_the_defaults():
-    assert PRESETS, "configs/ holds no preset"
+def test_shipped_presets_are_valid_and_differ_from_the_defaults():
+    assert PRESETS == ["mtsd", "mtsd-knn"]
     for preset in PRESETS:
-        assert Config.from_file(preset) != Config(), preset.name
+        assert Config.load(preset) == Config.from_file(presets.FOLDER / f"{preset}.json") != Config(), preset
+
+
+def test_a_config_file_takes_precedence_over_a_preset_of_the_same_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mtsd").write_text(Config(epochs=3).to_json())
+    assert Config.load("mtsd") == Config(epochs=3)
+    assert Config.load(tmp_path / "mtsd") == Config(epochs=3)
+    assert Config.load("mtsd-knn").model == "knn"
+
+
+def test_an_unknown_config_names_the_presets(tmp_path):
+    with pytest.raises(ConfigError, match=r"does not exist, and no shipped preset .*mtsd, mtsd-knn"):
+        Config.load(tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="no shipped preset"):
+        Config.load("mtsd-large")

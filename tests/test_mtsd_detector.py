@@ -1,9 +1,8 @@
-"""The shipped MTSD settings on real data: pvqae with configs/mtsd.json and knn with
-configs/mtsd-knn.json, trained on MTSD's good images, keep the accuracy the README reports for them.
+"""The shipped MTSD presets on real data: pvqae with `mtsd` and knn with `mtsd-knn`, trained on MTSD's good images, keep the accuracy the README reports for them.
 Slow: each trains and tests on the full split."""
 
 import pytest
-from app_fixtures import SHIPPED_CONFIGS, needs_weights
+from app_fixtures import needs_weights
 
 from patchvq.data import open_dataset
 from patchvq.engine import evaluate, fit
@@ -15,8 +14,8 @@ from patchvq.models import Config
 # the default 12 epochs, 0.856 / 0.679 with the default settings; knn: 0.871 / 0.824 with its
 # defaults), so losing what a preset adds fails.
 PRESETS = [
-    pytest.param("mtsd.json", 0.89, 0.76, id="pvqae"),
-    pytest.param("mtsd-knn.json", 0.92, 0.845, id="knn"),
+    pytest.param("mtsd", 0.89, 0.76, id="pvqae"),
+    pytest.param("mtsd-knn", 0.92, 0.845, id="knn"),
 ]
 
 
@@ -24,7 +23,7 @@ PRESETS = [
 @needs_weights
 @pytest.mark.parametrize(("preset", "image_floor", "pixel_floor"), PRESETS)
 def test_the_mtsd_presets_reach_the_reported_accuracy(mtsd_root, tmp_path, preset, image_floor, pixel_floor):
-    config = Config.from_file(SHIPPED_CONFIGS / preset)
+    config = Config.load(preset)
     run = fit(open_dataset(mtsd_root, "mtsd", "train", image_size=config.image_size), config, tmp_path / "run",
               progress=False)
     result = evaluate(run, open_dataset(mtsd_root, "mtsd", "test", image_size=config.image_size))

@@ -36,7 +36,7 @@ def _bar(quiet: bool):
 def _config(args):
     from patchvq.models.config import Config
 
-    base = Config.from_file(args.config) if args.config else None
+    base = Config.load(args.config) if args.config else None
     changes = {field: getattr(args, opt) for opt, field in CONFIG_OPTIONS.items() if getattr(args, opt) is not None}
     if base is None and not changes:
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from patchvq.models import presets
 from patchvq.models.config import BACKBONES, MODELS
 
 FORMATS = ("auto", "mvtec", "btad", "mtsd", "folder")
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", choices=BACKBONES, help="feature backbone (default efficientnet-lite0); none = pixels")
     train.add_argument("--epochs", type=_non_negative, help="autoencoder training epochs (default 12)")
     train.add_argument("--image-size", type=_positive, help="images are resized to this square size (default 256)")
-    train.add_argument("--config", help="JSON file of settings (see `patchvq.models.Config`); options above override it")
+    train.add_argument("--config", help="JSON file of settings (see `patchvq.models.Config`), or the name of a shipped "
+                       f"preset ({', '.join(presets.names())}); options above override it")
     train.add_argument("--seed", type=_non_negative, help="random seed (default 0): same data and seed, same model")
     train.add_argument("--batch-size", type=_positive,
                        help="images per training step (default 16); under torchrun the global batch, split across "

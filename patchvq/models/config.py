@@ -149,6 +149,21 @@ class Config:
             raise ConfigError(f"config file {path} is not readable JSON: {err}") from None
         return cls.from_dict(values)
 
+    @classmethod
+    def load(cls, source: str | Path) -> Config:
+        """A config from a JSON file, or from a shipped preset (`patchvq.models.presets`) given by name
+        when no file has that path."""
+        from patchvq.models import presets
+
+        path = Path(source)
+        if not path.exists():
+            preset = presets.preset_file(str(source))
+            if preset is None:
+                raise ConfigError(f"config file {path} does not exist, and no shipped preset has that name "
+                                  f"(presets: {', '.join(presets.names())})")
+            path = preset
+        return cls.from_file(path)
+
     def replace(self, **changes) -> Config:
         unknown = [k for k in changes if k not in {f.name for f in dataclasses.fields(self)}]
         if unknown:
