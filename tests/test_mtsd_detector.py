@@ -1,5 +1,6 @@
-"""The shipped MTSD presets on real data: pvqae with `mtsd` and knn with `mtsd-knn`, trained on MTSD's good images, keep the accuracy the README reports for them.
-Slow: each trains and tests on the full split."""
+"""The shipped MTSD presets on real data: pvqae with `mtsd` and knn with `mtsd-knn`, trained on
+MTSD's good images, keep the accuracy the README reports for them. Slow: each trains and tests on
+the full split."""
 
 import pytest
 from app_fixtures import needs_weights
