@@ -7,7 +7,6 @@ import subprocess
 
 import torch
 
-from patchvq.models import presets
 from patchvq.ops import backend, native
 
 OPS = ("nearest_code", "code_stats", "patch_assign", "topk_code", "code_logsumexp", "code_prob_sum")
@@ -45,6 +44,10 @@ def triton_version() -> str | None:
 
 def collect(build: bool = True) -> dict:
     """Everything `python -m patchvq info` shows. build=True builds the kernels to report on them."""
+    # Imported here: the models layer itself imports this module (cpu_features), so a top-level
+    # import of a model module would point the dependency back up.
+    from patchvq.models import presets
+
     info = {
         "patchvq": importlib.import_module("patchvq").__version__,
         "python": platform.python_version(),
